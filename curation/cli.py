@@ -1,0 +1,157 @@
+"""The ``curate`` command: one subcommand per stage.
+
+Every stage subcommand takes its options as flags (``curate match --help`` lists them with their
+defaults), from a config file (``--config run.yaml``, the stage's section) and from ``--set
+section.key=value`` overrides; explicit flags win. The same entry point serves ``spark-submit
+jobs/<stage>.py``, which reuses the session spark-submit made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from curation import __version__
+from curation.config import (
+    ConfigError,
+    add_dataclass_arguments,
+    apply_overrides,
+    build_config,
+    load_config_file,
+)
+from curation.metadata import MetadataError
+from curation.spark import SparkConfig, get_spark
+from curation.storage import StageInputError
+
+log = logging.getLogger("curation")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its options dataclass, config-file section, and what runs it.
+
+    ``run(config, spark_or_none, force)`` returns a result whose ``summary`` is printed.
+    """
+
+    name: str
+    help: str
+    config_cls: type
+    section: str
+    run: Callable[..., Any]
+    needs_spark: bool = True
+
+
+# Subcommands live in their stage modules; each exposes ``COMMAND``. Imported lazily so that
+# ``curate --help`` stays fast.
+COMMAND_MODULES = {
+    "demo-pool": "curation.demo",
+    "count": "curation.stages.count",
+    "match": "curation.stages.match",
+}
+
+USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)
+
+
+def _load(name: str) -> Command:
+    return importlib.import_module(COMMAND_MODULES[name]).COMMAND
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="Curate balanced CLIP training sets from image-text pools, on Spark.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"curation {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        command = _load(name)
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        p.add_argument("--config", help="YAML or TOML config file; this stage reads its section")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one config key (repeatable), e.g. --set match.casefold=true",
+        )
+        p.add_argument(
+            "--force", action="store_true", help="rerun even when the output is up to date"
+        )
+        p.add_argument("--debug", action="store_true", help="show full tracebacks and Spark logs")
+        add_dataclass_arguments(p, command.config_cls, group=f"{command.section} options")
+        if command.needs_spark:
+            p.add_argument(
+                "--master",
+                default=None,
+                help="Spark master when not under spark-submit (default: local[*])",
+            )
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "fsspec", "s3fs", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_command(argv: Sequence[str]) -> Any:
+    """Parse ``argv`` and run the subcommand; returns its result (raises on errors)."""
+    args = build_parser().parse_args(argv)
+    command = _load(args.command)
+    file_data: dict[str, Any] = {}
+    source = "<command line>"
+    if args.config:
+        file_data = load_config_file(args.config)
+        source = args.config
+    file_data = apply_overrides(file_data, args.overrides)
+    config = build_config(command.config_cls, command.section, args, file_data, source)
+    spark = None
+    if command.needs_spark:
+        spark_config = build_config(SparkConfig, "spark", argparse.Namespace(), file_data, source)
+        if args.master:
+            spark_config.master = args.master
+        if args.debug:
+            spark_config.log_level = "WARN"
+        spark = get_spark(spark_config)
+    return command.run(config, spark, args.force)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _setup_logging(debug)
+    try:
+        result = run_command(argv)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - Spark/Py4J errors: one line unless --debug
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
+    printer = getattr(result, "report", None)
+    if callable(printer):
+        print(printer())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Typed configuration: dataclasses, loaded from YAML or TOML, overridable from the command line.
+
+Each stage declares its options once, as a dataclass whose fields carry a default and a ``help``
+text. From that one declaration this module derives:
+
+- the stage's command-line flags (``--caption-col`` for ``caption_col``), each listed with its default
+  in ``--help``;
+- loading of the stage's section from a config file (``[match]`` in TOML, ``match:`` in YAML), where an
+  unknown key or a value of the wrong type is an error naming the key and the file;
+- ``--set section.key=value`` overrides (the value is parsed as YAML, so ``--set count.margins=[lang]``
+  works).
+
+Precedence, lowest first: dataclass defaults, the config file, ``--set``, explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, TypeVar, get_args, get_origin
+
+import yaml
+
+from curation.storage import read_bytes
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a mapping."""
+    text = read_bytes(path).decode("utf-8")
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # noqa: BLE001 - both parsers raise their own error types
+        raise ConfigError(f"{path}: cannot parse config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists) to ``data``."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {key!r} is not a section")
+        try:
+            node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot parse value: {exc}") from exc
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the few safe cases (int → float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected null")
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin in (list, Sequence, tuple):
+        (item_tp,) = get_args(tp)[:1] or (Any,)
+        if isinstance(value, str) and item_tp is str:
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str):
+                try:
+                    return int(value.replace("_", ""))
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from exc
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types name ``where.key``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of options, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_mapping(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, group: str) -> None:
+    """Add one flag per field of ``cls`` (defaults shown in ``--help``; unset flags stay ``None``)."""
+    hints = typing.get_type_hints(cls)
+    arg_group = parser.add_argument_group(group)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        shown = json.dumps(default) if not isinstance(default, str) else repr(default)
+        help_text = f"{help_text} (default: {shown})"
+        origin = get_origin(tp)
+        if tp is bool:
+            arg_group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif origin in (list, Sequence):
+            arg_group.add_argument(
+                _flag(f.name.removesuffix("s")) if f.metadata.get("repeatable") else _flag(f.name),
+                dest=f.name,
+                action="append",
+                default=None,
+                help=help_text,
+                metavar=f.name.upper().removesuffix("S"),
+            )
+        elif origin is dict:
+            continue  # set through --set or the config file
+        else:
+            arg_group.add_argument(
+                _flag(f.name), dest=f.name, default=None, help=help_text, metavar=f.name.upper()
+            )
+
+
+def build_config(
+    cls: type[T],
+    section: str,
+    args: argparse.Namespace,
+    file_data: dict[str, Any] | None = None,
+    source: str = "<command line>",
+) -> T:
+    """Defaults < config-file section < explicit flags, checked against ``cls``."""
+    section_data = (file_data or {}).get(section, {}) or {}
+    if not isinstance(section_data, dict):
+        raise ConfigError(
+            f"{source}: {section}: expected a mapping of options, got {section_data!r}"
+        )
+    data = dict(section_data)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(args, f.name, None)
+        if value is not None:
+            data[f.name] = value
+    return from_mapping(cls, data, f"{source}: {section}")
+
+
+def main_section_keys(data: dict[str, Any], known: Sequence[str], source: str) -> None:
+    """Reject unknown top-level sections of a config file."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(known))}"
+        )
+
+
+def die(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

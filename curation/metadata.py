@@ -1,0 +1,173 @@
+"""Metadata lists: loading MetaCLIP's format and checking entry hygiene.
+
+A metadata list is an ordered list of entry strings; an entry's id is its position in the list
+(MetaCLIP's convention, so ids stay stable across tools). Two file formats are read:
+
+- MetaCLIP's ``metadata.json``: one JSON array of strings;
+- plain text: one entry per line (UTF-8, ``\\n`` separated; a trailing newline is allowed).
+
+Hygiene (``shared/specs/balancing.md``, "Metadata hygiene"): an empty entry, a whitespace-only
+entry or an all-punctuation entry is an error naming its line (1-based; for JSON, the array index + 1
+is reported as the "line" together with the index). Duplicate entries are an error, or with
+``drop_duplicates=True`` the later copies are dropped (the first keeps its id) with a warning that
+names them. Dropping a duplicate shifts the ids of later entries, so the matched output always carries
+the list that was actually used (``metadata.json`` in the match stage's output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from curation.storage import read_bytes
+
+log = logging.getLogger(__name__)
+
+# Characters that MetaCLIP's spacing rule surrounds with spaces, and those it turns into a space.
+# An entry containing one of them can never occur in a spaced caption (see ``curation.matching``).
+WRAPPED_PUNCTUATION = ",.;:?!`"
+SPACED_CONTROLS = "\t\n\r"
+
+
+class MetadataError(ValueError):
+    """A metadata list that cannot be used as it is; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class MetadataList:
+    """A checked metadata list plus what the checks found.
+
+    ``entries[j]`` is entry j. ``dropped_duplicates`` lists ``(line, entry)`` pairs that were dropped;
+    ``unmatchable`` lists ``(entry_id, entry)`` pairs that can never match under MetaCLIP's spacing
+    (they contain ``, . ; : ? ! `` `` or a tab/newline), kept so that ids stay MetaCLIP-compatible.
+    """
+
+    entries: list[str]
+    source: str
+    dropped_duplicates: list[tuple[int, str]] = field(default_factory=list)
+    unmatchable: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "entries": len(self.entries),
+            "dropped_duplicates": [{"line": ln, "entry": e} for ln, e in self.dropped_duplicates],
+            "unmatchable_entries": len(self.unmatchable),
+            "unmatchable_examples": [e for _, e in self.unmatchable[:20]],
+        }
+
+
+def is_all_punctuation(text: str) -> bool:
+    """True when every character is Unicode punctuation (category P*) or white space.
+
+    Symbols (``$``, ``+``, emoji) are not punctuation: a user may want them as entries.
+    """
+    return all(unicodedata.category(ch)[0] in "PZ" or ch.isspace() for ch in text)
+
+
+def check_entries(
+    entries: Sequence[object], source: str = "<list>", *, drop_duplicates: bool = False
+) -> MetadataList:
+    """Check a list of entries and return it as a :class:`MetadataList`.
+
+    Raises :class:`MetadataError` naming ``source`` and the 1-based line of the first bad entry.
+    """
+    out: list[str] = []
+    first_line: dict[str, int] = {}
+    dropped: list[tuple[int, str]] = []
+    duplicates: list[str] = []
+    for index, entry in enumerate(entries):
+        line = index + 1
+        if not isinstance(entry, str):
+            raise MetadataError(
+                f"{source}: line {line}: entry {entry!r} is a {type(entry).__name__}, "
+                "not a string; a metadata list holds strings only"
+            )
+        if entry.strip() == "":
+            raise MetadataError(
+                f"{source}: line {line}: empty entry {entry!r}; remove the line "
+                "(an empty entry would match every caption)"
+            )
+        if is_all_punctuation(entry):
+            raise MetadataError(
+                f"{source}: line {line}: entry {entry!r} is all punctuation; remove it "
+                "(punctuation is split off captions before matching, so it carries no keyword)"
+            )
+        if entry in first_line:
+            if drop_duplicates:
+                dropped.append((line, entry))
+                continue
+            duplicates.append(f"line {line} repeats line {first_line[entry]} ({entry!r})")
+            continue
+        first_line[entry] = line
+        out.append(entry)
+    if duplicates:
+        shown = "; ".join(duplicates[:10])
+        more = f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
+        raise MetadataError(
+            f"{source}: {len(duplicates)} duplicate entries: {shown}{more}. "
+            "Remove them, or pass --drop-duplicate-entries to keep the first copy of each"
+        )
+    if dropped:
+        log.warning(
+            "%s: dropped %d duplicate entries (first copy kept): %s",
+            source,
+            len(dropped),
+            ", ".join(f"line {ln} {e!r}" for ln, e in dropped[:20]),
+        )
+    unmatchable = [
+        (j, e)
+        for j, e in enumerate(out)
+        if any(ch in WRAPPED_PUNCTUATION or ch in SPACED_CONTROLS for ch in e)
+    ]
+    if unmatchable:
+        log.info(
+            "%s: %d entries contain punctuation that MetaCLIP's spacing splits off captions and "
+            "can never match (kept for id compatibility), e.g. %s",
+            source,
+            len(unmatchable),
+            ", ".join(repr(e) for _, e in unmatchable[:5]),
+        )
+    return MetadataList(out, source, dropped, unmatchable)
+
+
+def parse_metadata(data: bytes, source: str) -> list[object]:
+    """Parse the bytes of a metadata file: a JSON array (``.json``, or text starting with ``[``),
+    or else one entry per line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MetadataError(f"{source}: line {line}: not valid UTF-8 ({exc.reason})") from exc
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if source.endswith(".json") or text.lstrip()[:1] in ("[", "{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"{source}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(value, list):
+            raise MetadataError(f"{source}: a JSON metadata file must hold one array of strings")
+        return value
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def load_metadata(path: str, *, drop_duplicates: bool = False) -> MetadataList:
+    """Load and check a metadata list from a local path or any fsspec URL."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError as exc:
+        raise MetadataError(f"{path}: metadata file not found") from exc
+    entries = parse_metadata(data, path)
+    if not entries:
+        raise MetadataError(f"{path}: the metadata list is empty")
+    return check_entries(entries, path, drop_duplicates=drop_duplicates)

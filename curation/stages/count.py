@@ -1,0 +1,227 @@
+"""The ``count`` stage: entry and margin marginals of a matched pool.
+
+Output directory (committed atomically)::
+
+    entry_counts.parquet            entry_id int32, entry string, count int64 (c_j; every entry,
+                                    zeros included, ordered by entry_id)
+    signatures/                     Parquet: entry_ids list<int32> [, margin columns], multiplicity
+                                    int64 — the distinct (S_i, x_i) signatures; unmatched samples
+                                    have the empty signature
+    matches_histogram.parquet       k int32, samples int64 (k_i = |S_i|)
+    margin_counts/<col>.parquet     <col>, samples int64
+    margin_entry_counts/<col>.parquet  <col>, entry_id int32, count int64
+    metadata.json                   the metadata list (copied from the matched input)
+    summary.json                    totals, top entries, per-margin level counts
+
+All marginals are derived from the signature table, which is built with one aggregation over the
+pool. Spark's aggregation combines rows inside each task before the shuffle (partial aggregation), so
+a head entry such as ``the`` or the empty signature of unmatched samples cannot create a straggler:
+each task sends at most one row per distinct key. No ``collect_list`` is used anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from curation import storage
+from curation.cli import Command
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CountConfig:
+    """Options of the ``count`` stage (``[count]`` in a config file)."""
+
+    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
+    output: str = field(default="", metadata={"help": "output directory of the counts"})
+    margins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "extra margin column, e.g. language (repeatable)", "repeatable": True},
+    )
+    top: int = field(default=25, metadata={"help": "how many top entries the summary lists"})
+
+
+def signature_table(pool: DataFrame, margins: list[str]) -> DataFrame:
+    """Distinct (entry set, margin values) with their multiplicities; one partial aggregation."""
+    return pool.groupBy("entry_ids", *margins).agg(F.count("*").alias("multiplicity"))
+
+
+def _write_table(table: pa.Table, url: str) -> None:
+    fs, path = storage.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def entry_count_vector(signatures: DataFrame, n_entries: int) -> np.ndarray:
+    """c_j for every entry: Σ multiplicity over the signatures that contain j."""
+    rows = (
+        signatures.select(F.explode("entry_ids").alias("entry_id"), "multiplicity")
+        .groupBy("entry_id")
+        .agg(F.sum("multiplicity").alias("count"))
+        .toArrow()
+    )
+    counts = np.zeros(n_entries, dtype=np.int64)
+    ids = rows.column("entry_id").to_numpy()
+    if len(ids) and (ids.min() < 0 or ids.max() >= n_entries):
+        raise storage.StageInputError(
+            f"entry ids outside 0..{n_entries - 1} in the matched pool: it was matched against a "
+            "different metadata list than the metadata.json beside it"
+        )
+    counts[ids] = rows.column("count").to_numpy()
+    return counts
+
+
+@dataclass
+class CountResult:
+    output: str
+    summary: dict
+    skipped: bool = False
+
+    def report(self) -> str:
+        s = self.summary
+        lines = [
+            f"count: {s['samples']:,} samples, {s['matched']:,} matched, "
+            f"{s['entries_observed']:,} of {s['entries']:,} entries observed, "
+            f"{s['signatures']:,} distinct signatures"
+            + (" (up to date, skipped)" if self.skipped else ""),
+            "  top entries:",
+        ]
+        width = max((len(e["entry"]) for e in s["top_entries"][:10]), default=5)
+        for e in s["top_entries"][:10]:
+            lines.append(f"    {e['entry']:<{width}}  {e['count']:>10,}")
+        hist = ", ".join(f"{k}: {v:,}" for k, v in list(s["matches_per_sample"].items())[:8])
+        lines.append(f"  matches per sample: {hist}")
+        lines.append(f"  output     {self.output}")
+        return "\n".join(lines)
+
+
+def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> CountResult:
+    """Count entries, margins and signatures of the matched pool ``config.input``."""
+    if not config.input or not config.output:
+        raise ValueError("count needs --input and --output")
+    storage.require_complete(config.input, "matched pool")
+    manifest = storage.make_manifest(
+        "count", {"margins": config.margins, "top": config.top}, {"matched": config.input}
+    )
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("count: %s is up to date; skipped", config.output)
+        return CountResult(
+            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
+        )
+    started = time.perf_counter()
+    entries: list[str] = storage.read_json(storage.join(config.input, "metadata.json"))
+    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+    missing = [m for m in config.margins if m not in pool.columns]
+    if missing:
+        raise storage.StageInputError(
+            f"{config.input}: margin column {missing[0]!r} is not in the matched pool; columns are "
+            f"{[c for c in pool.columns if c != 'entry_ids']}"
+        )
+    margins = list(dict.fromkeys(config.margins))
+    pool = pool.select("entry_ids", *[F.col(m).cast("string").alias(m) for m in margins])
+
+    with storage.atomic_directory(config.output, manifest) as tmp:
+        signatures = signature_table(pool, margins).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            signatures.write.parquet(storage.spark_url(storage.join(tmp, "signatures")))
+            counts = entry_count_vector(signatures, len(entries))
+            _write_table(
+                pa.table(
+                    {
+                        "entry_id": pa.array(np.arange(len(entries), dtype=np.int32)),
+                        "entry": pa.array(entries, pa.string()),
+                        "count": pa.array(counts),
+                    }
+                ),
+                storage.join(tmp, "entry_counts.parquet"),
+            )
+            histogram = (
+                signatures.groupBy(F.size("entry_ids").cast("int").alias("k"))
+                .agg(F.sum("multiplicity").alias("samples"))
+                .orderBy("k")
+                .toArrow()
+            )
+            _write_table(histogram, storage.join(tmp, "matches_histogram.parquet"))
+            margin_summary = {}
+            for m in margins:
+                per_level = (
+                    signatures.groupBy(m)
+                    .agg(F.sum("multiplicity").alias("samples"))
+                    .orderBy(m)
+                    .toArrow()
+                )
+                _write_table(per_level, storage.join(tmp, "margin_counts", f"{m}.parquet"))
+                per_level_entry = (
+                    signatures.select(m, F.explode("entry_ids").alias("entry_id"), "multiplicity")
+                    .groupBy(m, "entry_id")
+                    .agg(F.sum("multiplicity").alias("count"))
+                    .orderBy(m, "entry_id")
+                    .toArrow()
+                )
+                _write_table(
+                    per_level_entry, storage.join(tmp, "margin_entry_counts", f"{m}.parquet")
+                )
+                margin_summary[m] = {
+                    str(level): int(n)
+                    for level, n in zip(
+                        per_level.column(m).to_pylist(), per_level.column("samples").to_pylist()
+                    )
+                }
+            n_signatures = signatures.count()
+        finally:
+            signatures.unpersist()
+
+        k = histogram.column("k").to_numpy()
+        samples = histogram.column("samples").to_numpy()
+        n = int(samples.sum())
+        if n == 0:
+            raise storage.StageInputError(f"{config.input}: the matched pool has no rows")
+        top = np.argsort(-counts, kind="stable")[: config.top]
+        summary = {
+            "stage": "count",
+            "input": config.input,
+            "samples": n,
+            "matched": int(samples[k > 0].sum()),
+            "unmatched": int(samples[k == 0].sum()),
+            "total_matches": int((k * samples).sum()),
+            "entries": len(entries),
+            "entries_observed": int((counts > 0).sum()),
+            "signatures": int(n_signatures),
+            "matches_per_sample": {str(int(a)): int(b) for a, b in zip(k, samples)},
+            "top_entries": [
+                {"entry_id": int(j), "entry": entries[j], "count": int(counts[j])}
+                for j in top
+                if counts[j] > 0
+            ],
+            "margins": margin_summary,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        storage.write_json(storage.join(tmp, "metadata.json"), entries)
+        storage.write_json(storage.join(tmp, "summary.json"), summary)
+    log.info("count: %d samples, %d signatures -> %s", n, n_signatures, config.output)
+    return CountResult(config.output, summary)
+
+
+def _run(config: CountConfig, spark: SparkSession, force: bool) -> CountResult:
+    return run_count(spark, config, force)
+
+
+COMMAND = Command(
+    name="count",
+    help="count entries, margins and distinct signatures of a matched pool",
+    config_cls=CountConfig,
+    section="count",
+    run=_run,
+)

@@ -1,0 +1,306 @@
+"""The ``match`` stage: find the metadata entries in every caption of a pool.
+
+Output directory (committed atomically, see :mod:`curation.storage`)::
+
+    pool/           Parquet: every input column, with the role columns renamed to caption/url/uid,
+                    plus ``uid: string`` (kept, or derived) and ``entry_ids: list<int32>`` (sorted,
+                    distinct; empty when nothing matched)
+    rejects/        Parquet: rows that cannot be matched, with ``reason`` and ``source_file``
+    metadata.json   the metadata list used (entry id = position), so later stages need nothing else
+    summary.json    counts: input rows, matched, unmatched, rejects by reason, matches per sample
+
+A row is rejected, never silently dropped, when its caption is null (``null_caption``), not valid
+UTF-8 or holding U+FFFD, the mark of bytes already lost upstream (``non_utf8``), empty or white space
+only (``empty_caption``), or longer than ``max_caption_chars`` characters (``caption_too_long``).
+
+When the pool has no uid column, ``uid`` is derived as the 128-bit MD5 hex digest of
+``utf8(url) + b"\\x00" + utf8(caption)`` (a null url counts as empty): the same pair always gets the
+same uid, on any cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from pyspark import SparkFiles
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType
+
+from curation import storage
+from curation.cli import Command
+from curation.matching import Matcher, cached_matcher
+from curation.metadata import load_metadata
+from curation.pool import read_pool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METADATA = str(Path(__file__).resolve().parents[2] / "metadata" / "default.json")
+
+REJECT_REASONS = ("null_caption", "non_utf8", "empty_caption", "caption_too_long")
+
+
+@dataclass
+class MatchConfig:
+    """Options of the ``match`` stage (``[match]`` in a config file)."""
+
+    input: str = field(
+        default="",
+        metadata={
+            "help": "pool: a file or directory of Parquet, CSV/TSV or JSONL (any fsspec URL)"
+        },
+    )
+    output: str = field(default="", metadata={"help": "output directory of the matched pool"})
+    metadata: str = field(
+        default=DEFAULT_METADATA,
+        metadata={"help": "metadata list: MetaCLIP JSON array or one entry per line"},
+    )
+    caption_col: str = field(
+        default="",
+        metadata={
+            "help": "caption column (default: the first of caption, text, TEXT, Caption, alt_text)"
+        },
+    )
+    url_col: str = field(
+        default="", metadata={"help": "url column (default: url, URL or image_url)"}
+    )
+    uid_col: str = field(
+        default="",
+        metadata={
+            "help": "uid column (default: uid if present, else derived from url and caption)"
+        },
+    )
+    casefold: bool = field(
+        default=False, metadata={"help": "fold case on both sides; entries that collide are merged"}
+    )
+    drop_duplicate_entries: bool = field(
+        default=False,
+        metadata={"help": "drop duplicate metadata entries (first kept) instead of failing"},
+    )
+    max_caption_chars: int = field(
+        default=10_000,
+        metadata={"help": "captions longer than this are rejected as caption_too_long"},
+    )
+    partitions: int = field(
+        default=0,
+        metadata={
+            "help": "repartition the pool into this many tasks before matching (0: keep the input splits)"
+        },
+    )
+
+
+_MATCHER_FILES: set[str] = set()
+
+
+def ship_matcher(spark: SparkSession, matcher: Matcher, fingerprint: str) -> str:
+    """Pickle the matcher once and register it with ``addFile``; returns the file's name.
+
+    Workers load it from ``SparkFiles`` once per Python process (spark-notes pitfalls 1 and 2).
+    """
+    name = f"matcher-{fingerprint}.pkl"
+    if name not in _MATCHER_FILES:
+        directory = tempfile.mkdtemp(prefix="curation-matcher-")
+        path = os.path.join(directory, name)
+        matcher.save(path)
+        spark.sparkContext.addFile(path)
+        _MATCHER_FILES.add(name)
+    return name
+
+
+def _match_partition(batches, matcher_file: str, caption_index: int):
+    """mapInArrow body: append ``entry_ids`` to every Arrow batch."""
+    matcher = cached_matcher(SparkFiles.get(matcher_file))
+    for batch in batches:
+        yield batch.append_column("entry_ids", matcher.match_arrow(batch.column(caption_index)))
+
+
+def reject_reason(caption: Column, max_chars: int) -> Column:
+    """The reason a caption cannot be matched, or null. Evaluated by Spark, in order."""
+    raw = caption.cast("binary")
+    text = caption.cast("string")
+    return (
+        F.when(caption.isNull(), F.lit("null_caption"))
+        .when(~F.call_function("is_valid_utf8", raw), F.lit("non_utf8"))
+        .when(F.instr(text, "\ufffd") > 0, F.lit("non_utf8"))
+        .when(F.regexp_like(text, F.lit(r"(?U)^\s*$")), F.lit("empty_caption"))
+        .when(F.char_length(text) > max_chars, F.lit("caption_too_long"))
+    )
+
+
+def derived_uid(url: Column, caption: Column) -> Column:
+    """MD5 hex of ``utf8(url) + b"\\x00" + utf8(caption)`` (see the module docstring)."""
+    empty = F.lit(b"").cast("binary")
+    return F.md5(
+        F.concat(
+            F.coalesce(url.cast("binary"), empty),
+            F.lit(b"\x00"),
+            F.coalesce(caption.cast("binary"), empty),
+        )
+    )
+
+
+def metadata_fingerprint(entries: list[str], casefold: bool) -> str:
+    digest = hashlib.sha256(b"casefold" if casefold else b"exact")
+    for entry in entries:
+        digest.update(entry.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class MatchResult:
+    output: str
+    summary: dict
+    skipped: bool = False
+
+    def report(self) -> str:
+        s = self.summary
+        rejects = ", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items() if v) or "none"
+        lines = [
+            f"match: {s['input_rows']:,} rows ({s['input_format']}) against "
+            f"{s['metadata']['entries']:,} entries"
+            + (" (up to date, skipped)" if self.skipped else ""),
+            f"  matched    {s['matched']:,} ({s['matched_share']:.1%} of usable rows), "
+            f"{s['total_matches']:,} matches",
+            f"  unmatched  {s['unmatched']:,}",
+            f"  rejected   {s['rejected']:,} ({rejects})",
+            f"  pool       {storage.join(self.output, 'pool')}",
+            f"  rejects    {storage.join(self.output, 'rejects')}",
+        ]
+        return "\n".join(lines)
+
+
+def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
+    """Add ``uid`` (kept or derived), the reject ``reason`` and ``source_file`` columns."""
+    uid = derived_uid(F.col("url"), F.col("caption"))
+    if has_uid:
+        uid = F.coalesce(F.col("uid").cast("string"), uid)
+    return df.withColumns(
+        {
+            "uid": uid,
+            "reason": reject_reason(F.col("caption"), max_chars),
+            "source_file": F.input_file_name(),
+        }
+    )
+
+
+def match_pool(df: DataFrame, matcher_file: str) -> DataFrame:
+    """Run the matcher over the usable rows of ``df`` (caption as string) via ``mapInArrow``."""
+    df = df.withColumn("caption", F.col("caption").cast("string"))
+    schema = StructType(
+        [*df.schema.fields, StructField("entry_ids", ArrayType(IntegerType(), False), False)]
+    )
+    caption_index = df.columns.index("caption")
+    return df.mapInArrow(
+        partial(_match_partition, matcher_file=matcher_file, caption_index=caption_index), schema
+    )
+
+
+def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> MatchResult:
+    """Match ``config.input`` against ``config.metadata`` and commit the result to ``config.output``."""
+    if not config.input or not config.output:
+        raise ValueError("match needs --input and --output")
+    if config.max_caption_chars <= 0:
+        raise ValueError("match: max_caption_chars must be positive")
+    metadata = load_metadata(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+    manifest = storage.make_manifest(
+        "match",
+        {k: v for k, v in vars(config).items() if k not in ("input", "output", "metadata")},
+        {"pool": config.input, "metadata": config.metadata},
+    )
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("match: %s is up to date; skipped", config.output)
+        return MatchResult(
+            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
+        )
+
+    started = time.perf_counter()
+    df, roles, fmt = read_pool(
+        spark, config.input, config.caption_col, config.url_col, config.uid_col
+    )
+    matcher = Matcher(metadata.entries, casefold=config.casefold)
+    matcher_file = ship_matcher(
+        spark, matcher, metadata_fingerprint(metadata.entries, config.casefold)
+    )
+
+    with storage.atomic_directory(config.output, manifest) as tmp:
+        prepared = prepare(df, roles.uid is not None, config.max_caption_chars)
+        good = prepared.filter(F.col("reason").isNull()).drop("reason", "source_file")
+        if config.partitions:
+            good = good.repartition(config.partitions)
+        match_pool(good, matcher_file).write.parquet(storage.spark_url(storage.join(tmp, "pool")))
+        rejects = prepared.filter(F.col("reason").isNotNull()).withColumn(
+            "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
+        )
+        rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
+
+        summary = summarize(spark, tmp, metadata, roles, fmt, config)
+        if summary["input_rows"] == 0:
+            raise storage.StageInputError(f"{config.input}: the pool is empty (0 rows)")
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        storage.write_json(storage.join(tmp, "metadata.json"), metadata.entries)
+        storage.write_json(storage.join(tmp, "summary.json"), summary)
+    log.info(
+        "match: %d rows, %d matched, %d rejected in %.1f s -> %s",
+        summary["input_rows"],
+        summary["matched"],
+        summary["rejected"],
+        summary["seconds"],
+        config.output,
+    )
+    return MatchResult(config.output, summary)
+
+
+def summarize(
+    spark: SparkSession, directory: str, metadata, roles, fmt: str, config: MatchConfig
+) -> dict:
+    """Counts read back from the committed Parquet (cheap: two narrow scans)."""
+    pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
+    rejects = spark.read.parquet(storage.spark_url(storage.join(directory, "rejects")))
+    per_k = {
+        int(r["k"]): int(r["n"])
+        for r in pool.groupBy(F.size("entry_ids").alias("k")).agg(F.count("*").alias("n")).collect()
+    }
+    by_reason = {
+        r["reason"]: int(r["n"])
+        for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()
+    }
+    usable = sum(per_k.values())
+    rejected = sum(by_reason.values())
+    matched = usable - per_k.get(0, 0)
+    return {
+        "stage": "match",
+        "input": config.input,
+        "input_format": fmt,
+        "columns": {"caption": roles.caption, "url": roles.url, "uid": roles.uid or "(derived)"},
+        "metadata": metadata.summary(),
+        "casefold": config.casefold,
+        "input_rows": usable + rejected,
+        "usable_rows": usable,
+        "matched": matched,
+        "unmatched": per_k.get(0, 0),
+        "matched_share": matched / usable if usable else 0.0,
+        "rejected": rejected,
+        "rejects_by_reason": {reason: by_reason.get(reason, 0) for reason in REJECT_REASONS},
+        "matches_per_sample": {str(k): per_k[k] for k in sorted(per_k)},
+        "total_matches": sum(k * n for k, n in per_k.items()),
+    }
+
+
+def _run(config: MatchConfig, spark: SparkSession, force: bool) -> MatchResult:
+    return run_match(spark, config, force)
+
+
+COMMAND = Command(
+    name="match",
+    help="match captions against a metadata list (MetaCLIP semantics) and add entry_ids",
+    config_cls=MatchConfig,
+    section="match",
+    run=_run,
+)

@@ -1,0 +1,191 @@
+"""Storage: one place that knows how to read, write and atomically commit paths.
+
+Every path a user gives may be a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``,
+``memory://``...). Python code reaches it through fsspec; Spark reaches it through Hadoop, so
+:func:`spark_url` turns a path into the URL Hadoop expects (absolute ``file://`` for local paths,
+``s3a://`` for ``s3://``).
+
+A stage's output directory is committed atomically (:func:`atomic_directory`): the stage writes into
+``<out>.tmp-<id>``, then ``_manifest.json`` and ``_SUCCESS`` are written last and the directory is
+renamed to ``<out>``. A later stage accepts an input only when its ``_SUCCESS`` marker exists, so a
+killed stage never leaves something that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs as _url_to_fs
+
+from curation import __version__
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+
+
+class StageInputError(ValueError):
+    """An input path that is missing, incomplete or unreadable; the message names it."""
+
+
+def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or fsspec URL (``s3a://`` is read as ``s3://``)."""
+    if url.startswith("s3a://"):
+        url = "s3://" + url[len("s3a://") :]
+    return _url_to_fs(url)
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    """The absolute local path of a local path or ``file://`` URL."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    return os.path.abspath(url)
+
+
+def spark_url(url: str) -> str:
+    """The URL under which Spark (Hadoop) reads or writes ``url``."""
+    if is_local(url):
+        return "file://" + local_path(url)
+    if url.startswith("s3://"):
+        return "s3a://" + url[len("s3://") :]
+    return url
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def exists(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file under a temporary name, then rename it into place."""
+    fs, path = url_to_fs(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_json(url: str, value: Any) -> None:
+    write_bytes(
+        url, (json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode()
+    )
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def fingerprint(url: str) -> str:
+    """A short content fingerprint of an input file or directory.
+
+    A committed stage output is fingerprinted by its manifest (which itself fingerprints that stage's
+    inputs and config), so fingerprints chain through the pipeline. Other inputs are fingerprinted by
+    their file list with sizes and modification times.
+    """
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        raise StageInputError(f"{url}: no such file or directory")
+    manifest = join(path, MANIFEST)
+    if fs.isdir(path) and fs.exists(manifest):
+        with fs.open(manifest, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:32]
+    digest = hashlib.sha256()
+    files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    for name in sorted(files):
+        info = files[name]
+        digest.update(
+            f"{os.path.relpath(name, path)}\0{info.get('size')}\0{info.get('mtime', info.get('LastModified', ''))}\n".encode()
+        )
+    return digest.hexdigest()[:32]
+
+
+def require_complete(url: str, what: str) -> None:
+    """Raise :class:`StageInputError` unless ``url`` is a committed stage output."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        raise StageInputError(f"{url}: {what} not found; run the stage that writes it first")
+    if not fs.exists(join(path, SUCCESS)):
+        raise StageInputError(
+            f"{url}: {what} is incomplete (no {SUCCESS} marker): the stage that writes it did not "
+            "finish; rerun that stage"
+        )
+
+
+def make_manifest(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """The manifest of a stage run: its config slice and its inputs' fingerprints."""
+    return {
+        "stage": stage,
+        "version": __version__,
+        "config": config,
+        "inputs": {name: {"url": u, "fingerprint": fingerprint(u)} for name, u in inputs.items()},
+    }
+
+
+def is_up_to_date(url: str, manifest: dict[str, Any]) -> bool:
+    """True when ``url`` is a committed output written from the same inputs and config."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(join(path, SUCCESS)):
+        return False
+    try:
+        with fs.open(join(path, MANIFEST), "rb") as f:
+            return json.load(f) == json.loads(json.dumps(manifest))
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+@contextmanager
+def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
+    """Yield a temporary directory URL; on success commit it to ``url`` with manifest and marker.
+
+    On any exception the temporary directory is removed and ``url`` is left as it was. Stale
+    temporary directories of killed runs (``<url>.tmp-*``) are removed first.
+    """
+    fs, path = url_to_fs(url)
+    path = path.rstrip("/")
+    protocol = url.split("://", 1)[0] + "://" if not is_local(url) else ""
+    for stale in fs.glob(f"{path}.tmp-*"):
+        fs.rm(stale, recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        yield protocol + tmp if protocol else tmp
+        with fs.open(join(tmp, MANIFEST), "wb") as f:
+            f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+        fs.touch(join(tmp, SUCCESS))
+        if fs.exists(path):
+            old = f"{path}.tmp-{uuid.uuid4().hex[:12]}-old"
+            fs.mv(path, old, recursive=True)
+            fs.mv(tmp, path, recursive=True)
+            fs.rm(old, recursive=True)
+        else:
+            parent = path.rsplit("/", 1)[0]
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            fs.mv(tmp, path, recursive=True)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise

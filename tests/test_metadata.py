@@ -1,0 +1,75 @@
+"""Metadata loading (MetaCLIP JSON and plain text) and hygiene errors that name the line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from curation.metadata import MetadataError, check_entries, load_metadata
+
+
+def write(path, text: str | bytes):
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+def test_metaclip_json_and_text_give_the_same_ids(tmp_path):
+    entries = ["0", "1", "cat", "New York", "Gas", "gas", "猫", "hot dog"]
+    as_json = load_metadata(write(tmp_path / "m.json", json.dumps(entries)))
+    as_text = load_metadata(write(tmp_path / "m.txt", "\n".join(entries) + "\n"))
+    assert as_json.entries == as_text.entries == entries
+
+
+def test_text_without_trailing_newline_and_crlf(tmp_path):
+    assert load_metadata(write(tmp_path / "m.txt", "a\r\nb\r\nc")).entries == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("cat\n\ndog\n", "line 2: empty entry"),
+        ("cat\n   \n", "line 2: empty entry"),
+        ("cat\ndog\n...\n", "line 3: entry '...' is all punctuation"),
+        ("cat\n!?\n", "line 2: entry '!?' is all punctuation"),
+        ("cat\ndog\ncat\n", "line 3 repeats line 1 ('cat')"),
+        ('["cat", 3]', "line 2: entry 3 is a int, not a string"),
+        ('["cat", null]', "line 2: entry None is a NoneType"),
+        ('["cat", "dog"', "invalid JSON"),
+        ('{"cat": 1}', "must hold one array of strings"),
+        ("", "the metadata list is empty"),
+        (b"cat\n\xff\xfe\n", "line 2: not valid UTF-8"),
+    ],
+)
+def test_bad_metadata_names_file_and_line(tmp_path, content, message):
+    path = write(tmp_path / ("bad.json" if content[:1] in ("[", "{") else "bad.txt"), content)
+    with pytest.raises(MetadataError) as err:
+        load_metadata(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_symbols_are_not_punctuation():
+    assert check_entries(["$", "❤", "C++"]).entries == ["$", "❤", "C++"]
+
+
+def test_duplicates_dropped_with_a_warning_when_asked(tmp_path, caplog):
+    path = write(tmp_path / "dup.txt", "cat\ndog\ncat\nbird\ndog\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_metadata(path, drop_duplicates=True)
+    assert loaded.entries == ["cat", "dog", "bird"]
+    assert loaded.dropped_duplicates == [(3, "cat"), (5, "dog")]
+    assert "line 3 'cat'" in caplog.text and "line 5 'dog'" in caplog.text
+
+
+def test_unmatchable_entries_are_kept_and_reported():
+    checked = check_entries(["U.S.", "cat", "a\tb"])
+    assert checked.entries == ["U.S.", "cat", "a\tb"]  # ids stay MetaCLIP-compatible
+    assert checked.unmatchable == [(0, "U.S."), (2, "a\tb")]
+    assert checked.summary()["unmatchable_entries"] == 2
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MetadataError, match="not found"):
+        load_metadata(str(tmp_path / "nope.json"))
