@@ -13,11 +13,15 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+
+# Quiet Spark's JVM logging by default (errors only); see the file for why.
+LOG4J2_PROPERTIES = Path(__file__).resolve().parent / "conf" / "log4j2.properties"
 
 
 @dataclass
@@ -74,12 +78,14 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     # pyarrow >= 2 needs this for Arrow's timezone handling on Java 17 (PySpark docs).
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     local_dir = config.local_dir or tempfile.mkdtemp(prefix="curation-spark-")
+    java_options = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}"
     builder = (
         SparkSession.builder.master(config.master)
         .appName(config.app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", config.driver_memory)
+        .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.local.dir", local_dir)
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
