@@ -13,7 +13,7 @@ STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint format demo-pool match count bench-match clean-demo
+.PHONY: install demo test lint format metadata demo-pool match count bench-match clean-demo
 
 # The virtual environment is (re)built when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,11 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format curation jobs tests bench
 	$(VENV)/bin/ruff check --fix curation jobs tests bench
+
+# Rebuilds the shipped default list byte for byte (git diff --exit-code metadata/ checks it).
+metadata: install
+	@test -f /usr/share/wordnet/data.noun || { echo "WordNet is missing: sudo apt-get install -y wordnet-base"; exit 1; }
+	$(CURATE) metadata --wordnet /usr/share/wordnet --output metadata/default.json --force --master 'local[1]'
 
 demo-pool: install
 	$(CURATE) demo-pool $(STAGE_ARGS)

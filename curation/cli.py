@@ -50,8 +50,9 @@ class Command:
 # ``curate --help`` stays fast.
 COMMAND_MODULES = {
     "demo-pool": "curation.demo",
-    "count": "curation.stages.count",
+    "metadata": "curation.stages.metadata",
     "match": "curation.stages.match",
+    "count": "curation.stages.count",
 }
 
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)

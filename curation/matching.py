@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _SPACING = str.maketrans({**{p: f" {p} " for p in ",.;:?!`"}, **{c: " " for c in "\t\n\r"}})
 
 # Scripts written without spaces between words. Hangul is not among them: Korean uses spaces.
-_NO_SPACE_CHAR = re.compile(
+NO_SPACE_CHAR = re.compile(
     "["
     "\u0e00-\u0e7f"  # Thai
     "\u0e80-\u0eff"  # Lao
@@ -64,7 +64,7 @@ def spacing(caption: str) -> str:
 
 def is_no_space_char(ch: str) -> bool:
     """True for a character of a script written without spaces between words."""
-    return _NO_SPACE_CHAR.match(ch) is not None
+    return NO_SPACE_CHAR.match(ch) is not None
 
 
 def padded_key(entry: str) -> str:

@@ -1,0 +1,257 @@
+"""Building the lists: read every source the config names, then merge them (``assemble``)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql import SparkSession
+
+from curation.metadata import MetadataError, parse_metadata
+from curation.metadata_build.assemble import Candidate, ListBuilder
+from curation.metadata_build.corpus import (
+    TEXT_CANDIDATES,
+    Cap,
+    bigram_candidates,
+    column,
+    corpus_stats,
+    count_ngrams_spark,
+    language_column,
+    pick_column,
+    read_table,
+    unigram_candidates,
+)
+from curation.metadata_build.titles import read_titles, title_candidates
+from curation.metadata_build.wordnet import read_wordnet
+from curation.storage import StageInputError, read_bytes
+
+if TYPE_CHECKING:
+    from curation.stages.metadata import MetadataConfig
+
+log = logging.getLogger(__name__)
+
+NUMBERS = [str(i) for i in range(100)]
+
+
+@dataclass
+class BuildResult:
+    """The lists (``lang → entries``; ``""`` is the only key without a language column)."""
+
+    builders: dict[str, ListBuilder]
+    multilingual: bool
+    details: dict[str, Any] = field(default_factory=dict)  # per-source statistics for the summary
+
+    def lists(self) -> dict[str, list[str]]:
+        return {lang: b.entries for lang, b in sorted(self.builders.items())}
+
+
+def _wordnet_detail(name: str, synset_id: str, lemma: str) -> str:
+    return synset_id if lemma.replace("_", " ") == name else f"{synset_id} {lemma}"
+
+
+def read_extra(path: str) -> list[Candidate]:
+    """A user's entries (a JSON array or one per line), stripped, with their line numbers."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError as exc:
+        raise StageInputError(f"{path}: extra entries file not found") from exc
+    items = parse_metadata(data, path)
+    out = []
+    for line, item in enumerate(items, start=1):
+        if not isinstance(item, str):
+            raise MetadataError(
+                f"{path}: line {line}: entry {item!r} is a {type(item).__name__}, not a string"
+            )
+        out.append(Candidate(item.strip(), detail=f"line {line}"))
+    return out
+
+
+def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildResult:
+    """Read the configured sources and merge them into one list per language."""
+    multilingual = bool(config.lang_col)
+    wordnet_lang = config.wordnet_lang if multilingual else ""
+    builders: dict[str, ListBuilder] = {}
+    details: dict[str, Any] = {}
+
+    wordnet_candidates: list[Candidate] = []
+    if config.wordnet:
+        wn = read_wordnet(config.wordnet)
+        # detail: the first synset's id, and its first lemma when the name is not just that lemma
+        # with spaces (lower-cased, marker stripped or cut at a dot).
+        wordnet_candidates = [
+            Candidate(
+                name, count=len(ids), detail=_wordnet_detail(name, ids[0], wn.first_lemma[name])
+            )
+            for name, ids in sorted(wn.names.items())
+        ]
+        details["wordnet"] = {
+            "synsets": wn.synsets,
+            "synsets_per_file": wn.per_file,
+            "distinct_names": len(wn.names),
+            "names_cut_at_dot": wn.cut_at_dot,
+            "sha256": wn.sha256,
+        }
+        if multilingual:
+            details["wordnet"]["lang"] = wordnet_lang
+        log.info(
+            "metadata: WordNet %s: %d synsets, %d names", config.wordnet, wn.synsets, len(wn.names)
+        )
+
+    def builder(lang: str) -> ListBuilder:
+        """The list of ``lang``, created with the sources that precede the corpus."""
+        b = builders.get(lang)
+        if b is None:
+            b = builders[lang] = ListBuilder(lang, config.max_entry_chars, config.drop_unmatchable)
+            if config.numbers:
+                b.add_source("numbers", (Candidate(n) for n in NUMBERS))
+            if config.wordnet and lang == wordnet_lang:
+                b.add_source("wordnet", wordnet_candidates)
+        return b
+
+    def cap(limit: int) -> Cap | None:
+        if not limit:
+            return None
+        base = len(NUMBERS) if config.numbers else 0
+        return Cap(
+            {lang: limit + len(b) for lang, b in builders.items()},
+            limit + base,
+            config.max_entry_chars,
+            config.drop_unmatchable,
+        )
+
+    if not multilingual or config.wordnet:
+        builder(wordnet_lang)
+
+    if config.corpus:
+        if spark is None:
+            raise ValueError("metadata: counting a corpus needs a Spark session")
+        df, fmt = read_table(spark, config.corpus, "corpus", config.corpus_format)
+        if fmt == "text":
+            if config.lang_col:
+                raise ValueError(
+                    f"{config.corpus}: a plain-text corpus has no language column; give Parquet or "
+                    "JSONL with the --lang-col column to build per-language lists"
+                )
+            text = "value"
+        else:
+            text = pick_column(df.columns, config.text_col, TEXT_CANDIDATES, "text", config.corpus)
+        selected = [column(text).alias("text")]
+        if multilingual:
+            selected.append(language_column(df, config.lang_col, config.corpus))
+        counts = count_ngrams_spark(df.select(*selected), config.partitions)
+        counts = counts.persist()
+        try:
+            stats = corpus_stats(counts)
+            if not any(s.rows for s in stats.languages.values()):
+                raise StageInputError(
+                    f"{config.corpus}: the corpus holds no text (0 non-empty rows)"
+                )
+            for lang in sorted(stats.languages):
+                builder(lang)
+            unigrams = unigram_candidates(
+                counts, config.min_unigram_count, cap(config.max_unigrams)
+            )
+            by_lang: dict[str, list] = defaultdict(list)
+            for lang, token, n in unigrams.rows:
+                by_lang[lang].append((token, n))
+            for lang in sorted(by_lang):
+                ranked = sorted(by_lang[lang], key=lambda tn: (-tn[1], tn[0]))
+                builder(lang).add_source(
+                    "unigram", (Candidate(t, count=n) for t, n in ranked), config.max_unigrams
+                )
+            totals = {lang: s.tokens for lang, s in stats.languages.items()}
+            bigrams = bigram_candidates(
+                counts,
+                totals,
+                config.min_bigram_pmi,
+                config.min_bigram_count,
+                cap(config.max_bigrams),
+            )
+        finally:
+            counts.unpersist()
+        bi_by_lang: dict[str, list] = defaultdict(list)
+        for b in bigrams.rows:
+            bi_by_lang[b.lang].append(b)
+        for lang in sorted(bi_by_lang):
+            ranked = sorted(bi_by_lang[lang], key=lambda b: (-b.pmi, -b.n, b.text))
+            builder(lang).add_source(
+                "bigram",
+                (
+                    Candidate(b.text, count=b.n, pmi=b.pmi, detail=f"n(w1)={b.n1} n(w2)={b.n2}")
+                    for b in ranked
+                ),
+                config.max_bigrams,
+            )
+        per_lang = {
+            lang: {
+                **s.as_dict(),
+                "unigrams_above_threshold": unigrams.above_threshold.get(lang, 0),
+                "bigrams_above_threshold": bigrams.above_threshold.get(lang, 0),
+            }
+            for lang, s in sorted(stats.languages.items())
+        }
+        details["corpus"] = {"format": fmt}
+        if multilingual:
+            details["corpus"]["languages"] = per_lang
+            details["corpus"]["bad_lang_rows"] = stats.bad_lang_rows
+            details["corpus"]["bad_lang_examples"] = stats.bad_lang_examples
+        else:
+            details["corpus"].update(per_lang.get("", {}))
+        log.info(
+            "metadata: corpus %s: %s",
+            config.corpus,
+            ", ".join(
+                f"{lang or 'all'} {s.rows:,} rows {s.tokens:,} tokens"
+                for lang, s in sorted(stats.languages.items())
+            ),
+        )
+
+    if config.titles:
+        if spark is None:
+            raise ValueError("metadata: reading a titles file needs a Spark session")
+        titles_df = read_titles(
+            spark, config.titles, config.title_col, config.views_col, config.lang_col
+        )
+        titles = title_candidates(
+            titles_df, config.min_title_views, cap(config.max_titles), multilingual
+        )
+        if titles.rows == 0:
+            raise StageInputError(f"{config.titles}: the titles file is empty (0 rows)")
+        t_by_lang: dict[str, list] = defaultdict(list)
+        for lang, title, views in titles.candidates:
+            t_by_lang[lang].append((title, views))
+        for lang in sorted(t_by_lang):
+            ranked = sorted(t_by_lang[lang], key=lambda tv: (-tv[1], tv[0]))
+            builder(lang).add_source(
+                "title", (Candidate(t, views=v) for t, v in ranked), config.max_titles
+            )
+        # Titles rejected for ":" are counted in their language's list (20 are listed by name).
+        for lang, n in titles.colon_titles.items():
+            if lang in builders:
+                builders[lang].reject("title", "title_has_colon", None, n=n)
+        for example in titles.colon_examples:
+            b = builders.get(example["lang"])
+            if b is not None:
+                b.reject("title", "title_has_colon", example["entry"], n=0, views=example["views"])
+        details["titles"] = {
+            "rows": titles.rows,
+            "bad_rows": titles.bad_rows,
+            "distinct_titles": titles.distinct_titles,
+            "above_threshold": titles.above_threshold,
+            "with_colon": sum(titles.colon_titles.values()),
+            "with_colon_examples": titles.colon_examples,
+        }
+        if multilingual:
+            details["titles"]["bad_lang_rows"] = titles.bad_lang_rows
+
+    if config.extra:
+        extra = read_extra(config.extra)
+        details["extra"] = {"lines": len(extra)}
+        for lang in sorted(builders):
+            builders[lang].add_source("extra", extra)
+
+    for lang, b in sorted(builders.items()):
+        b.check(f"metadata list{f' {lang!r}' if multilingual else ''}")
+    return BuildResult(builders, multilingual, details)

@@ -1,0 +1,369 @@
+"""The ``metadata`` stage: build a MetaCLIP-style metadata list from the sources a user has.
+
+    curate metadata --output metadata/default.json --wordnet /usr/share/wordnet
+    curate metadata --output runs/meta.json --corpus enwiki.txt --titles titles.parquet --extra mine.txt
+    curate metadata --output runs/meta/ --corpus wiki.parquet --lang-col lang --max-unigrams 250000
+
+Sources, each optional and combinable (``curation.metadata_build`` documents each rule): the strings
+"0"–"99" (``--numbers``, on by default, as MetaCLIP), WordNet synset head names (``--wordnet``),
+corpus unigrams with a count ≥ ``--min-unigram-count`` and bigrams with PMI ≥ ``--min-bigram-pmi``
+bits (``--corpus``, counted with Spark), titles with ≥ ``--min-title-views`` views and no ``:``
+(``--titles``), and a user's own entries (``--extra``).
+
+Outputs, each written atomically (temporary name, then rename):
+
+- without ``--lang-col``: ``FILE`` (a JSON array of strings: MetaCLIP's format, one entry per line),
+  ``STEM.provenance.tsv`` (one row per entry and source: ``id entry source count pmi views
+  detail``) and ``STEM.summary.json`` (entries per source, overlaps, rejected entries with reasons,
+  per-source statistics, the config and the inputs' fingerprints), where ``STEM`` is ``FILE``
+  without ``.json``. The summary is written last; a rerun with the same config and inputs is
+  skipped unless ``--force``.
+- with ``--lang-col``: a directory, committed as a whole (``_SUCCESS``, ``_manifest.json``)::
+
+      OUT/{lang}.json       one list per language (MetaCLIP's format); rows whose language is null
+                            or empty go to und.json; WordNet goes to --wordnet-lang (en)
+      OUT/provenance.tsv    as above, with a leading ``lang`` column
+      OUT/summary.json      per-language summaries and corpus statistics
+
+  A language value must be a file-name-safe code (letters, digits, ``_``, ``-``; up to 64
+  characters); other rows are counted as ``bad_lang_rows`` and not used.
+
+Every output is deterministic: the same inputs and options give the same bytes, whatever the
+partitioning or cluster (counts are exact integer sums, and every order is fully specified).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyspark.sql import SparkSession
+
+from curation import storage
+from curation.cli import Command
+from curation.metadata_build.assemble import render_list, render_provenance
+from curation.metadata_build.build import BuildResult, build_metadata
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to the builder changes its output for the same inputs and options.
+BUILDER_VERSION = 1
+
+
+@dataclass
+class MetadataConfig:
+    """Options of the ``metadata`` stage (``[metadata]`` in a config file)."""
+
+    output: str = field(
+        default="",
+        metadata={
+            "help": "output JSON list FILE (plus FILE's .provenance.tsv and .summary.json); with --lang-col, a directory of {lang}.json lists"
+        },
+    )
+    wordnet: str = field(
+        default="",
+        metadata={
+            "help": "WordNet 3.0 database directory holding data.noun/.verb/.adj/.adv (Debian's wordnet-base: /usr/share/wordnet)"
+        },
+    )
+    corpus: str = field(
+        default="",
+        metadata={
+            "help": "text corpus: plain text (one document per line), Parquet or JSONL; a file or directory, any fsspec URL"
+        },
+    )
+    corpus_format: Literal["auto", "text", "parquet", "jsonl", "csv", "tsv"] = field(
+        default="auto", metadata={"help": "corpus format (auto: from the file extensions)"}
+    )
+    text_col: str = field(
+        default="",
+        metadata={
+            "help": "text column of a table corpus (default: the first of text, caption, content, sentence, TEXT)"
+        },
+    )
+    lang_col: str = field(
+        default="",
+        metadata={
+            "help": "language column of the corpus (and titles): build one list per language into the output directory"
+        },
+    )
+    min_unigram_count: int = field(
+        default=100,
+        metadata={"help": "keep corpus unigrams seen at least this many times (MetaCLIP: 100)"},
+    )
+    min_bigram_pmi: float = field(
+        default=30.0,
+        metadata={
+            "help": "keep corpus bigrams with PMI = log2(n12*N/(n1*n2)) at least this, in bits (MetaCLIP: 30; needs N >= 2^PMI tokens)"
+        },
+    )
+    min_bigram_count: int = field(
+        default=1,
+        metadata={
+            "help": "score only bigrams seen at least this many times (MetaCLIP: 1, no floor)"
+        },
+    )
+    max_unigrams: int = field(
+        default=0,
+        metadata={
+            "help": "per language, at most this many new unigram entries, most frequent first (0: no cap)"
+        },
+    )
+    max_bigrams: int = field(
+        default=0,
+        metadata={
+            "help": "per language, at most this many new bigram entries, highest PMI first (0: no cap)"
+        },
+    )
+    titles: str = field(
+        default="",
+        metadata={
+            "help": "titles table with a views column (Parquet, CSV/TSV with a header, JSONL)"
+        },
+    )
+    title_col: str = field(
+        default="",
+        metadata={"help": "title column (default: the first of title, page_title, page, entry)"},
+    )
+    views_col: str = field(
+        default="",
+        metadata={
+            "help": "views column (default: the first of views, view_count, pageviews, page_views, count)"
+        },
+    )
+    min_title_views: int = field(
+        default=70,
+        metadata={
+            "help": "keep titles with at least this many views, summed per title (MetaCLIP: 70)"
+        },
+    )
+    max_titles: int = field(
+        default=0,
+        metadata={
+            "help": "per language, at most this many new title entries, most viewed first (0: no cap)"
+        },
+    )
+    extra: str = field(
+        default="",
+        metadata={
+            "help": "your own entries (JSON array or one per line), added last to every list"
+        },
+    )
+    numbers: bool = field(
+        default=True,
+        metadata={"help": "start every list with the strings 0-99, as MetaCLIP's does"},
+    )
+    wordnet_lang: str = field(
+        default="en",
+        metadata={"help": "with --lang-col, the language whose list gets the WordNet entries"},
+    )
+    max_entry_chars: int = field(
+        default=256, metadata={"help": "drop (and count) entries longer than this many characters"}
+    )
+    drop_unmatchable: bool = field(
+        default=False,
+        metadata={
+            "help": "drop entries holding , . ; : ? ! or a backtick, which MetaCLIP's matching can never find (kept by default, as MetaCLIP)"
+        },
+    )
+    partitions: int = field(
+        default=0,
+        metadata={
+            "help": "repartition the corpus into this many tasks before counting (0: keep the input splits)"
+        },
+    )
+
+
+def sidecar_paths(output: str) -> tuple[str, str]:
+    """``(provenance, summary)`` paths next to a single-list ``output``."""
+    stem = output[: -len(".json")] if output.endswith(".json") else output
+    return f"{stem}.provenance.tsv", f"{stem}.summary.json"
+
+
+def validate(config: MetadataConfig) -> None:
+    if not config.output:
+        raise ValueError("metadata needs --output")
+    if not (config.wordnet or config.corpus or config.titles or config.extra):
+        raise ValueError(
+            "metadata needs at least one source: --wordnet, --corpus, --titles or --extra"
+        )
+    if config.lang_col and not (config.corpus or config.titles):
+        raise ValueError("--lang-col needs a --corpus or --titles that has the language column")
+    if config.lang_col and config.output.endswith(".json"):
+        raise ValueError(
+            f"--output {config.output}: with --lang-col the output is a directory of per-language "
+            "lists ({lang}.json); give a directory path"
+        )
+    for name in ("min_unigram_count", "min_bigram_count", "max_entry_chars"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"metadata: {name} must be at least 1")
+    for name in ("max_unigrams", "max_bigrams", "max_titles", "min_title_views", "partitions"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"metadata: {name} must not be negative")
+    if config.lang_col and not config.wordnet_lang:
+        raise ValueError("metadata: wordnet_lang must name a language")
+
+
+def input_fingerprints(config: MetadataConfig, result: BuildResult | None = None) -> dict:
+    """The inputs as given, with a fingerprint each: WordNet by the SHA-256 of its data files
+    (stable across machines, so the shipped default's summary is reproducible), others by
+    :func:`curation.storage.fingerprint`."""
+    inputs: dict[str, dict] = {}
+    if config.wordnet:
+        if result is not None and "wordnet" in result.details:
+            sha = result.details["wordnet"]["sha256"]
+        else:
+            from curation.metadata_build.wordnet import read_wordnet
+
+            sha = read_wordnet(config.wordnet).sha256
+        inputs["wordnet"] = {"url": config.wordnet, "sha256": sha}
+    for name in ("corpus", "titles", "extra"):
+        url = getattr(config, name)
+        if url:
+            inputs[name] = {"url": url, "fingerprint": storage.fingerprint(url)}
+    return inputs
+
+
+@dataclass
+class MetadataResult:
+    output: str
+    summary: dict
+    skipped: bool = False
+
+    def report(self) -> str:
+        s = self.summary
+        lines = [f"metadata: {self.output}" + (" (up to date, skipped)" if self.skipped else "")]
+        lists = s["languages"] if "languages" in s else {"": s}
+        for lang, part in lists.items():
+            per_source = ", ".join(f"{k} {v:,}" for k, v in part["entries_per_source"].items())
+            rejected = part["rejected"]["total"]
+            label = f"{lang}: " if lang else ""
+            lines.append(
+                f"  {label}{part['entries']:,} entries ({per_source}); {rejected:,} rejected"
+            )
+        for name, path in s["files"].items():
+            lines.append(f"  {name:<10} {path}")
+        return "\n".join(lines)
+
+
+def _summary(config: MetadataConfig, result: BuildResult, inputs: dict, files: dict) -> dict:
+    summary: dict = {
+        "stage": "metadata",
+        "builder_version": BUILDER_VERSION,
+        "config": vars(config).copy(),
+        "inputs": inputs,
+        "files": files,
+    }
+    if result.multilingual:
+        summary["entries"] = {lang: len(b) for lang, b in sorted(result.builders.items())}
+        summary["languages"] = {lang: b.summary() for lang, b in sorted(result.builders.items())}
+    else:
+        summary.update(result.builders[""].summary())
+    summary["source_statistics"] = result.details
+    return summary
+
+
+def _up_to_date_single(config: MetadataConfig, inputs: dict) -> dict | None:
+    provenance, summary_path = sidecar_paths(config.output)
+    try:
+        if not (storage.exists(config.output) and storage.exists(provenance)):
+            return None
+        old = storage.read_json(summary_path)
+    except (FileNotFoundError, ValueError):
+        return None
+    same = (
+        old.get("builder_version") == BUILDER_VERSION
+        and old.get("config") == vars(config)
+        and old.get("inputs") == inputs
+    )
+    return old if same else None
+
+
+def run_metadata(
+    spark: SparkSession | None, config: MetadataConfig, force: bool = False
+) -> MetadataResult:
+    """Build the list(s) of ``config`` and write them (see the module docstring)."""
+    validate(config)
+    started = time.perf_counter()
+    if config.lang_col:
+        return _run_multilingual(spark, config, force, started)
+    if not force:
+        old = _up_to_date_single(config, input_fingerprints(config))
+        if old is not None:
+            log.info("metadata: %s is up to date; skipped", config.output)
+            return MetadataResult(config.output, old, skipped=True)
+    fs, path = storage.url_to_fs(config.output)
+    if fs.exists(path) and fs.isdir(path):
+        raise ValueError(
+            f"--output {config.output} is a directory; give a file name such as {config.output.rstrip('/')}/metadata.json"
+        )
+    result = build_metadata(spark, config)
+    provenance, summary_path = sidecar_paths(config.output)
+    files = {"list": config.output, "provenance": provenance, "summary": summary_path}
+    summary = _summary(config, result, input_fingerprints(config, result), files)
+    storage.write_bytes(provenance, render_provenance(result.builders, with_lang=False))
+    storage.write_bytes(config.output, render_list(result.builders[""].entries))
+    storage.write_json(summary_path, summary)  # last: its presence marks a complete build
+    log.info(
+        "metadata: %d entries in %.1f s -> %s",
+        len(result.builders[""]),
+        time.perf_counter() - started,
+        config.output,
+    )
+    return MetadataResult(config.output, summary)
+
+
+def _run_multilingual(
+    spark: SparkSession | None, config: MetadataConfig, force: bool, started: float
+) -> MetadataResult:
+    inputs = input_fingerprints(config)
+    manifest = {
+        "stage": "metadata",
+        "builder_version": BUILDER_VERSION,
+        "config": vars(config).copy(),
+        "inputs": inputs,
+    }
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("metadata: %s is up to date; skipped", config.output)
+        return MetadataResult(
+            config.output,
+            storage.read_json(storage.join(config.output, "summary.json")),
+            skipped=True,
+        )
+    result = build_metadata(spark, config)
+    files = {
+        "lists": storage.join(config.output, "{lang}.json"),
+        "provenance": storage.join(config.output, "provenance.tsv"),
+        "summary": storage.join(config.output, "summary.json"),
+    }
+    summary = _summary(config, result, inputs, files)
+    with storage.atomic_directory(config.output, manifest) as tmp:
+        for lang, b in sorted(result.builders.items()):
+            storage.write_bytes(storage.join(tmp, f"{lang}.json"), render_list(b.entries))
+        storage.write_bytes(
+            storage.join(tmp, "provenance.tsv"), render_provenance(result.builders, with_lang=True)
+        )
+        storage.write_json(storage.join(tmp, "summary.json"), summary)
+    log.info(
+        "metadata: %d languages, %d entries in %.1f s -> %s",
+        len(result.builders),
+        sum(len(b) for b in result.builders.values()),
+        time.perf_counter() - started,
+        config.output,
+    )
+    return MetadataResult(config.output, summary)
+
+
+def _run(config: MetadataConfig, spark: SparkSession | None, force: bool) -> MetadataResult:
+    return run_metadata(spark, config, force)
+
+
+COMMAND = Command(
+    name="metadata",
+    help="build a MetaCLIP-style metadata list from WordNet, a text corpus, titles and your own entries",
+    config_cls=MetadataConfig,
+    section="metadata",
+    run=_run,
+)
