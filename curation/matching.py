@@ -168,13 +168,58 @@ def naive_match(caption: str, entries: Sequence[str], casefold: bool = False) ->
     return sorted(found)
 
 
+class LanguageMatcher:
+    """Per-language lists (MetaCLIP 2): each caption is matched against its language's list.
+
+    The lists share one id space: language ``l`` (in sorted order) owns ids ``offset[l] …
+    offset[l] + len(list_l) − 1``, so counting and balancing treat (language, entry) pairs as
+    distinct entries. A caption whose language has no list matches nothing.
+    """
+
+    def __init__(self, lists: dict[str, Sequence[str]], casefold: bool = False) -> None:
+        self.offsets: dict[str, int] = {}
+        self.matchers: dict[str, Matcher] = {}
+        offset = 0
+        for lang in sorted(lists):
+            self.offsets[lang] = offset
+            self.matchers[lang] = Matcher(lists[lang], casefold=casefold)
+            offset += len(lists[lang])
+        self.n_entries = offset
+
+    def match(self, caption: str, lang: str | None) -> list[int]:
+        matcher = self.matchers.get(lang) if lang is not None else None
+        if matcher is None:
+            return []
+        return [self.offsets[lang] + j for j in matcher.match(caption)]
+
+    def match_arrow(self, captions: pa.Array, langs: pa.Array) -> pa.ListArray:
+        """Match each caption with its language's list; returns ``list<int32>`` in row order."""
+        texts = captions.to_pylist()
+        codes = langs.to_pylist()
+        rows_by_lang: dict[str, list[int]] = {}
+        for row, lang in enumerate(codes):
+            if lang in self.matchers:
+                rows_by_lang.setdefault(lang, []).append(row)
+        found: list[list[int]] = [[] for _ in texts]
+        for lang, rows in rows_by_lang.items():
+            lists = self.matchers[lang].match_many([texts[r] for r in rows]).to_pylist()
+            offset = self.offsets[lang]
+            for row, ids in zip(rows, lists):
+                found[row] = [offset + j for j in ids]
+        return pa.array(found, type=pa.list_(pa.int32()))
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as f:
+            pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 # One matcher per Python worker process, keyed by the pickle file it came from. The cache lives in
 # this importable module (not in a job script's globals) so that cloudpickle does not ship it with
 # every task and Python worker reuse keeps it warm between tasks (spark-notes, pitfall 1).
-_MATCHERS: dict[str, Matcher] = {}
+_MATCHERS: dict[str, Matcher | LanguageMatcher] = {}
 
 
-def cached_matcher(path: str) -> Matcher:
+def cached_matcher(path: str) -> Matcher | LanguageMatcher:
     """Load the pickled matcher at ``path`` once per process."""
     matcher = _MATCHERS.get(path)
     if matcher is None:

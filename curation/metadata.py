@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from curation.storage import read_bytes
+from curation.storage import join, read_bytes, url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +171,30 @@ def load_metadata(path: str, *, drop_duplicates: bool = False) -> MetadataList:
     if not entries:
         raise MetadataError(f"{path}: the metadata list is empty")
     return check_entries(entries, path, drop_duplicates=drop_duplicates)
+
+
+def is_metadata_directory(path: str) -> bool:
+    """True when ``path`` is a directory of per-language lists (the metadata stage's --lang-col output)."""
+    fs, p = url_to_fs(path)
+    return fs.isdir(p)
+
+
+def load_language_lists(path: str, *, drop_duplicates: bool = False) -> dict[str, MetadataList]:
+    """Load a directory of per-language lists ``{lang}.json`` (or ``{lang}.txt``), sorted by language.
+
+    ``summary.json`` and names starting with ``_`` or ``.`` are not lists. Each list is checked like
+    a single list; a directory with no list is an error.
+    """
+    fs, root = url_to_fs(path)
+    lists: dict[str, MetadataList] = {}
+    for name in sorted(fs.ls(root, detail=False)):
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        stem, _, ext = base.rpartition(".")
+        if ext not in ("json", "txt") or not stem or base == "summary.json" or base[0] in "_.":
+            continue
+        lists[stem] = load_metadata(join(path, base), drop_duplicates=drop_duplicates)
+    if not lists:
+        raise MetadataError(
+            f"{path}: a metadata directory must hold per-language lists named {{lang}}.json; none found"
+        )
+    return lists

@@ -238,3 +238,61 @@ def test_casefold_and_repartition(spark, tmp_path, metadata):
         assert by_url(read(out))[row["url"]]["entry_ids"] == naive_match(
             row["caption"], ENTRIES, casefold=True
         )
+
+
+def test_per_language_lists_share_one_id_space(spark, tmp_path):
+    lists = {"de": ["Katze", "Hund", "rot"], "en": ["cat", "dog", "red"], "zh": ["猫", "红色"]}
+    (tmp_path / "meta").mkdir()
+    for lang, entries in lists.items():
+        (tmp_path / "meta" / f"{lang}.json").write_text(json.dumps(entries, ensure_ascii=False))
+    (tmp_path / "meta" / "summary.json").write_text(
+        "{}"
+    )  # the metadata stage's summary: not a list
+    rows = [
+        {"url": "1", "caption": "eine rote Katze, ein Hund", "lang": "de"},
+        {"url": "2", "caption": "a red cat", "lang": "en"},
+        {"url": "3", "caption": "a cat named Hund", "lang": "de"},  # English words, German list
+        {"url": "4", "caption": "我的红色猫", "lang": "zh"},
+        {"url": "5", "caption": "un chat rouge, cat", "lang": "fr"},  # no French list
+        {"url": "6", "caption": "cat", "lang": None},
+    ]
+    pool = write_pool(tmp_path / "pool.parquet", rows, "parquet")
+    config = MatchConfig(input=pool, output=str(tmp_path / "out"), metadata=str(tmp_path / "meta"))
+    with pytest.raises(
+        ValueError, match="directory of per-language lists: name the pool's language column"
+    ):
+        run_match(spark, config)
+    config.lang_col = "lang"
+    result = run_match(spark, config)
+    offsets = {"de": 0, "en": 3, "zh": 6}
+    out = by_url(read(result.output))
+    for row in rows:
+        lang = row["lang"]
+        want = (
+            [offsets[lang] + j for j in naive_match(row["caption"], lists[lang])]
+            if lang in lists
+            else []
+        )
+        assert out[row["url"]]["entry_ids"] == want, row
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text()) == [
+        e for lang in ("de", "en", "zh") for e in lists[lang]
+    ]
+    languages = json.loads((tmp_path / "out" / "metadata_languages.json").read_text())
+    assert [(b["lang"], b["offset"], b["entries"]) for b in languages] == [
+        ("de", 0, 3),
+        ("en", 3, 3),
+        ("zh", 6, 2),
+    ]
+
+    from curation.stages.count import CountConfig, run_count
+
+    counts = run_count(spark, CountConfig(input=result.output, output=str(tmp_path / "c"))).output
+    table = pq.read_table(os.path.join(counts, "entry_counts.parquet")).to_pylist()
+    assert [(r["lang"], r["entry"], r["count"]) for r in table if r["count"]] == [
+        ("de", "Katze", 1),
+        ("de", "Hund", 2),
+        ("en", "cat", 1),
+        ("en", "red", 1),
+        ("zh", "猫", 1),
+        ("zh", "红色", 1),
+    ]

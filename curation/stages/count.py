@@ -3,7 +3,8 @@
 Output directory (committed atomically)::
 
     entry_counts.parquet            entry_id int32, entry string, count int64 (c_j; every entry,
-                                    zeros included, ordered by entry_id)
+                                    zeros included, ordered by entry_id) [, lang string with
+                                    per-language lists]
     signatures/                     Parquet: entry_ids list<int32> [, margin columns], multiplicity
                                     int64 — the distinct (S_i, x_i) signatures; unmatched samples
                                     have the empty signature
@@ -83,6 +84,16 @@ def entry_count_vector(signatures: DataFrame, n_entries: int) -> np.ndarray:
     return counts
 
 
+def entry_languages(languages: list[dict], n_entries: int) -> list[str]:
+    """The language of every entry id, from the match stage's ``metadata_languages.json``."""
+    out = [""] * n_entries
+    for block in languages:
+        out[block["offset"] : block["offset"] + block["entries"]] = [block["lang"]] * block[
+            "entries"
+        ]
+    return out
+
+
 @dataclass
 class CountResult:
     output: str
@@ -122,6 +133,8 @@ def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> 
         )
     started = time.perf_counter()
     entries: list[str] = storage.read_json(storage.join(config.input, "metadata.json"))
+    languages_file = storage.join(config.input, "metadata_languages.json")
+    languages = storage.read_json(languages_file) if storage.exists(languages_file) else None
     pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
     missing = [m for m in config.margins if m not in pool.columns]
     if missing:
@@ -137,16 +150,14 @@ def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> 
         try:
             signatures.write.parquet(storage.spark_url(storage.join(tmp, "signatures")))
             counts = entry_count_vector(signatures, len(entries))
-            _write_table(
-                pa.table(
-                    {
-                        "entry_id": pa.array(np.arange(len(entries), dtype=np.int32)),
-                        "entry": pa.array(entries, pa.string()),
-                        "count": pa.array(counts),
-                    }
-                ),
-                storage.join(tmp, "entry_counts.parquet"),
-            )
+            columns = {
+                "entry_id": pa.array(np.arange(len(entries), dtype=np.int32)),
+                "entry": pa.array(entries, pa.string()),
+                "count": pa.array(counts),
+            }
+            if languages is not None:
+                columns["lang"] = pa.array(entry_languages(languages, len(entries)), pa.string())
+            _write_table(pa.table(columns), storage.join(tmp, "entry_counts.parquet"))
             histogram = (
                 signatures.groupBy(F.size("entry_ids").cast("int").alias("k"))
                 .agg(F.sum("multiplicity").alias("samples"))
@@ -209,6 +220,8 @@ def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> 
             "seconds": round(time.perf_counter() - started, 2),
         }
         storage.write_json(storage.join(tmp, "metadata.json"), entries)
+        if languages is not None:
+            storage.write_json(storage.join(tmp, "metadata_languages.json"), languages)
         storage.write_json(storage.join(tmp, "summary.json"), summary)
     log.info("count: %d samples, %d signatures -> %s", n, n_signatures, config.output)
     return CountResult(config.output, summary)

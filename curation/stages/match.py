@@ -7,6 +7,8 @@ Output directory (committed atomically, see :mod:`curation.storage`)::
                     distinct; empty when nothing matched)
     rejects/        Parquet: rows that cannot be matched, with ``reason`` and ``source_file``
     metadata.json   the metadata list used (entry id = position), so later stages need nothing else
+    metadata_languages.json
+                    with per-language lists only: [{lang, offset, entries, source}]
     summary.json    counts: input rows, matched, unmatched, rejects by reason, matches per sample
 
 A row is rejected, never silently dropped, when its caption is null (``null_caption``), not valid
@@ -16,6 +18,12 @@ only (``empty_caption``), or longer than ``max_caption_chars`` characters (``cap
 When the pool has no uid column, ``uid`` is derived as the 128-bit MD5 hex digest of
 ``utf8(url) + b"\\x00" + utf8(caption)`` (a null url counts as empty): the same pair always gets the
 same uid, on any cluster.
+
+Per-language lists (MetaCLIP 2): when ``--metadata`` is a directory of ``{lang}.json`` lists (the
+``metadata`` stage's ``--lang-col`` output), each caption is matched against the list of its
+``--lang-col`` value. The lists share one id space: in sorted language order, each language owns a
+block of ids starting at its offset, and ``metadata.json`` is their concatenation. A caption whose
+language has no list matches nothing (it is counted as unmatched).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
 from pyspark import SparkFiles
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -36,8 +45,8 @@ from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType
 
 from curation import storage
 from curation.cli import Command
-from curation.matching import Matcher, cached_matcher
-from curation.metadata import load_metadata
+from curation.matching import LanguageMatcher, Matcher, cached_matcher
+from curation.metadata import is_metadata_directory, load_language_lists, load_metadata
 from curation.pool import read_pool
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,9 @@ class MatchConfig:
     output: str = field(default="", metadata={"help": "output directory of the matched pool"})
     metadata: str = field(
         default=DEFAULT_METADATA,
-        metadata={"help": "metadata list: MetaCLIP JSON array or one entry per line"},
+        metadata={
+            "help": "metadata list: MetaCLIP JSON array or one entry per line; or a directory of per-language {lang}.json lists (with --lang-col)"
+        },
     )
     caption_col: str = field(
         default="",
@@ -75,6 +86,12 @@ class MatchConfig:
         default="",
         metadata={
             "help": "uid column (default: uid if present, else derived from url and caption)"
+        },
+    )
+    lang_col: str = field(
+        default="",
+        metadata={
+            "help": "language column; with a directory of per-language lists ({lang}.json) as --metadata, each caption is matched against its language's list"
         },
     )
     casefold: bool = field(
@@ -114,11 +131,16 @@ def ship_matcher(spark: SparkSession, matcher: Matcher, fingerprint: str) -> str
     return name
 
 
-def _match_partition(batches, matcher_file: str, caption_index: int):
+def _match_partition(batches, matcher_file: str, caption_index: int, lang_index: int | None = None):
     """mapInArrow body: append ``entry_ids`` to every Arrow batch."""
     matcher = cached_matcher(SparkFiles.get(matcher_file))
     for batch in batches:
-        yield batch.append_column("entry_ids", matcher.match_arrow(batch.column(caption_index)))
+        if lang_index is None:
+            entry_ids = matcher.match_arrow(batch.column(caption_index))
+        else:
+            langs = batch.column(lang_index).cast(pa.string())
+            entry_ids = matcher.match_arrow(batch.column(caption_index), langs)
+        yield batch.append_column("entry_ids", entry_ids)
 
 
 def reject_reason(caption: Column, max_chars: int) -> Column:
@@ -190,7 +212,7 @@ def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
     )
 
 
-def match_pool(df: DataFrame, matcher_file: str) -> DataFrame:
+def match_pool(df: DataFrame, matcher_file: str, lang_col: str = "") -> DataFrame:
     """Run the matcher over the usable rows of ``df`` (caption as string) via ``mapInArrow``."""
     df = df.withColumn("caption", F.col("caption").cast("string"))
     schema = StructType(
@@ -198,8 +220,51 @@ def match_pool(df: DataFrame, matcher_file: str) -> DataFrame:
     )
     caption_index = df.columns.index("caption")
     return df.mapInArrow(
-        partial(_match_partition, matcher_file=matcher_file, caption_index=caption_index), schema
+        partial(
+            _match_partition,
+            matcher_file=matcher_file,
+            caption_index=caption_index,
+            lang_index=df.columns.index(lang_col) if lang_col else None,
+        ),
+        schema,
     )
+
+
+@dataclass
+class LoadedMetadata:
+    """The list(s) a match run uses: entries in the shared id space, the matcher, and a summary."""
+
+    entries: list[str]
+    matcher: Matcher | LanguageMatcher
+    summary: dict
+    languages: list[dict] | None = None
+
+
+def load_matcher(config: MatchConfig) -> LoadedMetadata:
+    """One list, or a directory of per-language lists sharing one id space (MetaCLIP 2)."""
+    if not is_metadata_directory(config.metadata):
+        metadata = load_metadata(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+        matcher = Matcher(metadata.entries, casefold=config.casefold)
+        return LoadedMetadata(metadata.entries, matcher, metadata.summary())
+    if not config.lang_col:
+        raise ValueError(
+            f"{config.metadata} is a directory of per-language lists: name the pool's language "
+            "column with --lang-col"
+        )
+    lists = load_language_lists(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+    matcher = LanguageMatcher({lang: m.entries for lang, m in lists.items()}, config.casefold)
+    languages = [
+        {"lang": lang, "offset": matcher.offsets[lang], "entries": len(m), "source": m.source}
+        for lang, m in lists.items()
+    ]
+    entries = [e for m in lists.values() for e in m.entries]
+    summary = {
+        "source": config.metadata,
+        "entries": len(entries),
+        "languages": languages,
+        "unmatchable_entries": sum(len(m.unmatchable) for m in lists.values()),
+    }
+    return LoadedMetadata(entries, matcher, summary, languages)
 
 
 def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> MatchResult:
@@ -208,7 +273,7 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
         raise ValueError("match needs --input and --output")
     if config.max_caption_chars <= 0:
         raise ValueError("match: max_caption_chars must be positive")
-    metadata = load_metadata(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+    loaded = load_matcher(config)
     manifest = storage.make_manifest(
         "match",
         {k: v for k, v in vars(config).items() if k not in ("input", "output", "metadata")},
@@ -224,27 +289,38 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
     df, roles, fmt = read_pool(
         spark, config.input, config.caption_col, config.url_col, config.uid_col
     )
-    matcher = Matcher(metadata.entries, casefold=config.casefold)
-    matcher_file = ship_matcher(
-        spark, matcher, metadata_fingerprint(metadata.entries, config.casefold)
+    if config.lang_col and config.lang_col not in df.columns:
+        raise storage.StageInputError(
+            f"{config.input}: the language column {config.lang_col!r} does not exist; columns are "
+            f"{df.columns}"
+        )
+    fingerprint = metadata_fingerprint(
+        [f"{lang['lang']}:{lang['offset']}" for lang in loaded.languages or []] + loaded.entries,
+        config.casefold,
     )
+    matcher_file = ship_matcher(spark, loaded.matcher, fingerprint)
+    lang_col = config.lang_col if loaded.languages is not None else ""
 
     with storage.atomic_directory(config.output, manifest) as tmp:
         prepared = prepare(df, roles.uid is not None, config.max_caption_chars)
         good = prepared.filter(F.col("reason").isNull()).drop("reason", "source_file")
         if config.partitions:
             good = good.repartition(config.partitions)
-        match_pool(good, matcher_file).write.parquet(storage.spark_url(storage.join(tmp, "pool")))
+        match_pool(good, matcher_file, lang_col).write.parquet(
+            storage.spark_url(storage.join(tmp, "pool"))
+        )
         rejects = prepared.filter(F.col("reason").isNotNull()).withColumn(
             "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
         )
         rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
 
-        summary = summarize(spark, tmp, metadata, roles, fmt, config)
+        summary = summarize(spark, tmp, loaded.summary, roles, fmt, config)
         if summary["input_rows"] == 0:
             raise storage.StageInputError(f"{config.input}: the pool is empty (0 rows)")
         summary["seconds"] = round(time.perf_counter() - started, 2)
-        storage.write_json(storage.join(tmp, "metadata.json"), metadata.entries)
+        storage.write_json(storage.join(tmp, "metadata.json"), loaded.entries)
+        if loaded.languages is not None:
+            storage.write_json(storage.join(tmp, "metadata_languages.json"), loaded.languages)
         storage.write_json(storage.join(tmp, "summary.json"), summary)
     log.info(
         "match: %d rows, %d matched, %d rejected in %.1f s -> %s",
@@ -258,7 +334,12 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
 
 
 def summarize(
-    spark: SparkSession, directory: str, metadata, roles, fmt: str, config: MatchConfig
+    spark: SparkSession,
+    directory: str,
+    metadata_summary: dict,
+    roles,
+    fmt: str,
+    config: MatchConfig,
 ) -> dict:
     """Counts read back from the committed Parquet (cheap: two narrow scans)."""
     pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
@@ -279,7 +360,7 @@ def summarize(
         "input": config.input,
         "input_format": fmt,
         "columns": {"caption": roles.caption, "url": roles.url, "uid": roles.uid or "(derived)"},
-        "metadata": metadata.summary(),
+        "metadata": metadata_summary,
         "casefold": config.casefold,
         "input_rows": usable + rejected,
         "usable_rows": usable,
