@@ -9,11 +9,12 @@ CONFIG ?=
 ARGS ?=
 RUN ?= runs/demo
 DEMO_ROWS ?= 200000
+DEMO_METHOD ?= rake
 STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint format metadata demo-pool match count bench-match clean-demo
+.PHONY: install demo test lint format metadata demo-pool match count balance select bench-match clean-demo
 
 # The virtual environment is (re)built when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +31,8 @@ demo: install
 	$(CURATE) demo-pool --output $(RUN)/pool --rows $(DEMO_ROWS) $(ARGS)
 	$(CURATE) match --input $(RUN)/pool --output $(RUN)/matched
 	$(CURATE) count --input $(RUN)/matched --output $(RUN)/counts --margin source
+	$(CURATE) balance --input $(RUN)/matched --counts $(RUN)/counts --output $(RUN)/balance --method $(DEMO_METHOD) --target-fraction 0.3
+	$(CURATE) select --input $(RUN)/matched --weights $(RUN)/balance --output $(RUN)/selected --seed 0
 	@echo "demo run written to $(RUN)/"
 
 test: install
@@ -56,6 +59,12 @@ match: install
 
 count: install
 	$(CURATE) count $(STAGE_ARGS)
+
+balance: install
+	$(CURATE) balance $(STAGE_ARGS)
+
+select: install
+	$(CURATE) select $(STAGE_ARGS)
 
 bench-match: install
 	$(PY) bench/bench_match.py $(ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ COMMAND_MODULES = {
     "metadata": "curation.stages.metadata",
     "match": "curation.stages.match",
     "count": "curation.stages.count",
+    "balance": "curation.stages.balance",
+    "select": "curation.stages.select",
 }
 
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)
@@ -126,6 +129,20 @@ def run_command(argv: Sequence[str]) -> Any:
             spark_config.log_level = "WARN"
         spark = get_spark(spark_config)
     return command.run(config, spark, args.force)
+
+
+_PYTHON_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an unexpected error: for a failed Spark task, the Python error behind it."""
+    text = str(exc).strip()
+    found = [m for m in map(_PYTHON_ERROR_LINE.match, text.splitlines()) if m]
+    if found:
+        name, message = found[-1].groups()
+        return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,15 +88,19 @@ def _rank_weights(n: int, exponent: float) -> np.ndarray:
 
 
 def generate_captions(
-    entries: list[str], rows: int, seed: int, exponent: float
+    entries: list[str], rows: int, seed: int, exponent: float, vocabulary: int = 0
 ) -> tuple[list[str | None], np.ndarray]:
-    """Captions and their source codes, deterministic in (entries, rows, seed, exponent)."""
+    """Captions and their source codes, deterministic in all arguments."""
     rng = np.random.default_rng(seed)
     # Drop entries MetaCLIP's spacing can never match (they hold split-off punctuation).
     usable = np.array(
         [j for j, e in enumerate(entries) if not any(c in ",.;:?!`\t\n\r" for c in e)]
     )
     popularity = usable[rng.permutation(len(usable))]
+    if vocabulary:
+        # Real pools see a small part of a 500k-entry list often; a 200k demo drawing from all
+        # 86k WordNet names would make nearly every entry a singleton.
+        popularity = popularity[:vocabulary]
     source = rng.choice(len(SOURCES), size=rows, p=SOURCE_SHARES)
     cdfs = [_rank_weights(len(popularity), exponent * f) for f in (1.0, 0.85, 0.7)]
     k = np.minimum(1 + rng.poisson(1.6, size=rows), 6)

@@ -46,7 +46,12 @@ class SparkConfig:
         default=0,
         metadata={"help": "spark.sql.shuffle.partitions (0: 4 x the default parallelism)"},
     )
-    log_level: str = field(default="ERROR", metadata={"help": "Spark's own log level"})
+    log_level: str = field(
+        default="FATAL",
+        metadata={
+            "help": "Spark's own log level (curate reports failures itself; --debug sets WARN)"
+        },
+    )
     conf: dict[str, str] = field(
         default_factory=dict, metadata={"help": "extra spark.* settings, passed as they are"}
     )

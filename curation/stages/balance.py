@@ -1,0 +1,484 @@
+"""The ``balance`` stage: per-entry factors, per-sample weights and inclusion probabilities.
+
+Reads the ``count`` stage's distinct-signature table, solves one of the methods of
+``shared/specs/balancing.md`` (``metaclip``, ``balance``, ``rake``; see ``docs/balancing.md``),
+and scores every sample of the matched pool with the solved parameters.
+
+Output directory (committed atomically)::
+
+    params.json              the solved parameters (ScoreParams: per-entry and per-level vectors
+                             and scalars); ``select`` rescores the pool from this file, so weights
+                             and decisions always come from the same numbers
+    entry_factors.parquet    entry_id, entry, count, target, factor (p_j, a_j or λ_j),
+                             expected (n_j(π) after balancing) [, residual (rake)]
+    weights/                 Parquet: uid, weight, inclusion_prob [, expected_repeats]
+    history.parquet          per iteration: iter, max_rel_err, l1
+    diagnostics.json         the diagnostics of the spec (pool, entries before/after, weights,
+                             inclusion, convergence, plot data)
+    summary.json             method, cap, sizes, solver status, the headline diagnostics
+
+Per-sample scoring runs in ``mapInArrow`` with the parameters broadcast once: no join, and the
+score of a row depends only on its own entry ids and margin values, so it is the same on any
+partitioning. The signature table is put in a canonical order (sorted by entry ids and margin
+values) before solving, so the solved parameters do not depend on how Spark partitioned it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+from curation import storage
+from curation.balancing import (
+    BalanceResult,
+    ScoreParams,
+    SignatureTable,
+    TargetSizeError,
+    diagnostics,
+    expected_repeats,
+    run_method,
+    score_arrow,
+)
+from curation.cli import Command
+
+log = logging.getLogger(__name__)
+
+Method = Literal["metaclip", "balance", "rake"]
+
+
+class BalanceConfigError(ValueError):
+    """Options that do not fit together; the message says which and what to do."""
+
+
+@dataclass
+class BalanceConfig:
+    """Options of the ``balance`` stage (``[balance]`` in a config file)."""
+
+    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
+    counts: str = field(default="", metadata={"help": "counts directory (output of count)"})
+    output: str = field(default="", metadata={"help": "output directory of the balancing"})
+    method: Method = field(
+        default="metaclip",
+        metadata={
+            "help": "metaclip (MetaCLIP's rule), balance (Liu et al. 2024) or rake (exact capped raking)"
+        },
+    )
+    cap: float = field(
+        default=0.0, metadata={"help": "per-entry cap t (0: solve it from the target size)"}
+    )
+    target_size: int = field(
+        default=0, metadata={"help": "target output size N (expected number of samples)"}
+    )
+    target_fraction: float = field(
+        default=0.0, metadata={"help": "target size as a fraction of the matched samples"}
+    )
+    tail_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "MetaCLIP 2's rule: t such that entries below t hold this share of all matches"
+        },
+    )
+    margins: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "extra margin column, counted by the count stage (repeatable)",
+            "repeatable": True,
+        },
+    )
+    margin_target: str = field(
+        default="empirical",
+        metadata={
+            "help": "margin target: empirical, uniform, or a JSON file {level: share} or {column: {level: share}}"
+        },
+    )
+    entry_target: str = field(
+        default="capped",
+        metadata={
+            "help": "balance method's entry target: capped, uniform, power:ALPHA, or a JSON file {entry: share}"
+        },
+    )
+    tol: float = field(
+        default=0.0,
+        metadata={"help": "solver tolerance (0: the method's default: rake 1e-3, balance 1e-6)"},
+    )
+    max_iter: int = field(
+        default=0, metadata={"help": "solver iteration limit (0: the method's default)"}
+    )
+    keep_unmatched: bool = field(
+        default=False,
+        metadata={
+            "help": "keep unmatched samples as one pseudo-entry <unmatched> with its own cap"
+        },
+    )
+    unmatched_cap: float = field(
+        default=0.0, metadata={"help": "cap of <unmatched> (0: the same as t)"}
+    )
+    with_replacement: bool = field(
+        default=False,
+        metadata={
+            "help": "solve for integer repeats with E[r_i] = N w_i / Σw (N may exceed the pool)"
+        },
+    )
+
+
+def _resolve_target_size(config: BalanceConfig, n_matched: int) -> float | None:
+    given = [x for x in (config.target_size, config.target_fraction) if x]
+    if len(given) > 1:
+        raise BalanceConfigError("give either --target-size or --target-fraction, not both")
+    if config.target_size < 0 or config.target_fraction < 0:
+        raise BalanceConfigError("the target size must be positive")
+    if config.target_fraction:
+        if config.target_fraction > 1 and not config.with_replacement:
+            raise BalanceConfigError(
+                f"--target-fraction {config.target_fraction} > 1 asks for more samples than the "
+                "matched pool holds; use --with-replacement for repeats"
+            )
+        return config.target_fraction * n_matched
+    return float(config.target_size) if config.target_size else None
+
+
+def _read_json_file(path: str, what: str) -> Any:
+    try:
+        return storage.read_json(path)
+    except FileNotFoundError as exc:
+        raise BalanceConfigError(f"{path}: {what} file not found") from exc
+    except ValueError as exc:
+        raise BalanceConfigError(f"{path}: {what} file is not valid JSON ({exc})") from exc
+
+
+def _entry_target(spec: str, entries: list[str]) -> str | np.ndarray:
+    if spec in ("capped", "uniform") or spec.startswith("power:"):
+        return spec
+    data = _read_json_file(spec, "entry target")
+    if isinstance(data, list):
+        if len(data) != len(entries):
+            raise BalanceConfigError(f"{spec}: {len(data)} shares for {len(entries)} entries")
+        return np.asarray(data, dtype=np.float64)
+    if not isinstance(data, dict):
+        raise BalanceConfigError(f"{spec}: an entry target file holds {{entry: share}} or a list")
+    index = {e: j for j, e in enumerate(entries)}
+    values = np.zeros(len(entries))
+    for entry, share in data.items():
+        if entry not in index:
+            raise BalanceConfigError(f"{spec}: entry {entry!r} is not in the metadata list")
+        values[index[entry]] = float(share)
+    return values
+
+
+def _margin_targets(spec: str, margins: list[str]) -> dict[str, Any] | None:
+    if not margins:
+        return None
+    if spec in ("empirical", "uniform"):
+        return {col: spec for col in margins}
+    data = _read_json_file(spec, "margin target")
+    if not isinstance(data, dict):
+        raise BalanceConfigError(f"{spec}: a margin target file holds {{level: share}}")
+    if all(isinstance(v, dict) for v in data.values()) and set(data) <= set(margins):
+        return {col: data.get(col, "empirical") for col in margins}
+    if len(margins) != 1:
+        raise BalanceConfigError(f"{spec}: with several margins, key the file by column name")
+    return {margins[0]: data}
+
+
+def method_options(config: BalanceConfig, entries: list[str], n_matched: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`curation.balancing.run_method` for this config."""
+    target_size = _resolve_target_size(config, n_matched)
+    caps = [x for x in (config.cap, config.tail_share) if x]
+    if len(caps) > 1:
+        raise BalanceConfigError("give either --cap or --tail-share, not both")
+    if config.cap < 0:
+        raise BalanceConfigError(f"--cap {config.cap}: the cap must be positive")
+    if config.tail_share and not 0 < config.tail_share < 1:
+        raise BalanceConfigError("--tail-share must lie strictly between 0 and 1")
+    if not caps and target_size is None:
+        raise BalanceConfigError(
+            "nothing fixes the output: give --cap T, --target-size N, --target-fraction F or --tail-share P"
+        )
+    if (
+        config.cap
+        and target_size is not None
+        and not config.with_replacement
+        and config.method != "balance"
+    ):
+        raise BalanceConfigError(
+            "--cap and a target size both fix the size for this method; give one of them"
+        )
+    if config.with_replacement and target_size is None:
+        raise BalanceConfigError("--with-replacement needs --target-size or --target-fraction")
+    if config.method != "balance" and config.entry_target != "capped":
+        raise BalanceConfigError("--entry-target applies to --method balance only")
+    if config.method == "metaclip" and config.margins:
+        raise BalanceConfigError("MetaCLIP's rule has no margins; use --method balance or rake")
+    if config.method != "metaclip" and config.tail_share:
+        raise BalanceConfigError("--tail-share is MetaCLIP 2's rule for --method metaclip")
+    options: dict[str, Any] = {
+        "keep_unmatched": config.keep_unmatched,
+        "unmatched_cap": config.unmatched_cap or None,
+        "with_replacement": config.with_replacement,
+        "target_size": target_size,
+    }
+    if config.cap:
+        options["t"] = config.cap
+    if config.method == "metaclip":
+        if config.tail_share:
+            options["tail_share_p"] = config.tail_share
+        return options
+    options["margins"] = list(config.margins)
+    options["margin_targets"] = _margin_targets(config.margin_target, list(config.margins))
+    if config.tol:
+        options["tol"] = config.tol
+    if config.max_iter:
+        options["max_iter"] = config.max_iter
+    if config.method == "balance":
+        options["entry_target"] = _entry_target(config.entry_target, entries)
+    return options
+
+
+def read_signatures(
+    spark: SparkSession, counts: str, margins: list[str], n_entries: int
+) -> SignatureTable:
+    """The count stage's signature table, in canonical order, as a driver-side SignatureTable."""
+    df = spark.read.parquet(storage.spark_url(storage.join(counts, "signatures")))
+    missing = [m for m in margins if m not in df.columns]
+    if missing:
+        raise storage.StageInputError(
+            f"{counts}: margin {missing[0]!r} was not counted; rerun count with --margin {missing[0]}"
+        )
+    table = (
+        df.select("entry_ids", *margins, "multiplicity").orderBy("entry_ids", *margins).toArrow()
+    )
+    return SignatureTable.from_arrow(table, n_entries, margins)
+
+
+# Rebuilt ScoreParams per Python worker, keyed by a digest of their JSON: a reused worker builds
+# the vectors once, not once per task.
+_PARAMS: dict[str, ScoreParams] = {}
+
+
+def cached_params(broadcast, key: str) -> ScoreParams:
+    """The broadcast ScoreParams, rebuilt at most once per Python worker process."""
+    params = _PARAMS.get(key)
+    if params is None:
+        _PARAMS.clear()
+        params = _PARAMS[key] = ScoreParams.from_dict(broadcast.value)
+    return params
+
+
+def broadcast_params(spark: SparkSession, params: ScoreParams) -> tuple[Any, str]:
+    """Broadcast ``params`` once; returns the broadcast and its cache key."""
+    payload = params.to_dict()
+    key = hashlib.sha256(params.to_json().encode()).hexdigest()[:24]
+    return spark.sparkContext.broadcast(payload), key
+
+
+def _score_partition(batches, broadcast, key: str, with_repeats: bool):
+    params = cached_params(broadcast, key)
+    for batch in batches:
+        weight, pi = score_arrow(params, batch)
+        columns = [batch.column("uid"), pa.array(weight), pa.array(pi)]
+        names = ["uid", "weight", "inclusion_prob"]
+        if with_repeats:
+            columns.append(pa.array(expected_repeats(params, weight)))
+            names.append("expected_repeats")
+        yield pa.RecordBatch.from_arrays(columns, names=names)
+
+
+def score_pool(pool: DataFrame, broadcast, key: str, with_repeats: bool) -> DataFrame:
+    """uid, weight, inclusion_prob (and expected_repeats) for every row of the matched pool."""
+    fields = [
+        StructField("uid", StringType(), False),
+        StructField("weight", DoubleType(), False),
+        StructField("inclusion_prob", DoubleType(), False),
+    ]
+    if with_repeats:
+        fields.append(StructField("expected_repeats", DoubleType(), False))
+    return pool.mapInArrow(
+        partial(_score_partition, broadcast=broadcast, key=key, with_repeats=with_repeats),
+        StructType(fields),
+    )
+
+
+def _write_table(table: pa.Table, url: str) -> None:
+    fs, path = storage.url_to_fs(url)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+@dataclass
+class BalanceRunResult:
+    output: str
+    summary: dict
+    skipped: bool = False
+
+    def report(self) -> str:
+        s = self.summary
+        d = s["headline"]
+        lines = [
+            f"balance: method {s['method']}, cap t = {_fmt(s.get('t'))}, status {s.get('status')}"
+            + (" (up to date, skipped)" if self.skipped else ""),
+            f"  expected size   {s['expected_size']:,.1f}"
+            + (f" (target {s['target_size']:,.1f})" if s.get("target_size") else ""),
+            f"  {'':<28}{'before':>12}{'after':>12}",
+        ]
+        for key, label in (
+            ("l1_error", "L1 error to the target"),
+            ("max_rel_err_head", "max head-entry rel. error"),
+            ("entropy_nats", "entropy (nats)"),
+            ("top100_share", "top-100 entries' share"),
+            ("tail_entries_fully_kept_share", "tail entries fully kept"),
+        ):
+            lines.append(
+                f"  {label:<28}{_fmt(d['before'].get(key)):>12}{_fmt(d['after'].get(key)):>12}"
+            )
+        w = d["weights"]
+        lines.append(
+            f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
+            f"max/mean {_fmt(w.get('max_over_mean'))}"
+        )
+        lines.append(f"  output          {self.output}")
+        return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.4g}" if abs(x) < 1e5 else f"{x:,.0f}"
+    return str(x)
+
+
+def headline(diag: dict) -> dict:
+    """The few numbers a user compares between runs (from the full diagnostics)."""
+    keys = (
+        "l1_error",
+        "max_rel_err_head",
+        "entropy_nats",
+        "top100_share",
+        "tail_entries_fully_kept_share",
+    )
+    return {
+        "before": {k: diag["entries_before"].get(k) for k in keys},
+        "after": {k: diag["entries_after"].get(k) for k in keys},
+        "weights": diag["weights"],
+    }
+
+
+def run_balance(
+    spark: SparkSession, config: BalanceConfig, force: bool = False
+) -> BalanceRunResult:
+    """Solve the method on the signature table and score every sample of the matched pool."""
+    if not (config.input and config.counts and config.output):
+        raise ValueError("balance needs --input (matched), --counts and --output")
+    storage.require_complete(config.input, "matched pool")
+    storage.require_complete(config.counts, "counts")
+    manifest = storage.make_manifest(
+        "balance",
+        {k: v for k, v in vars(config).items() if k not in ("input", "counts", "output")},
+        {"matched": config.input, "counts": config.counts},
+    )
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("balance: %s is up to date; skipped", config.output)
+        return BalanceRunResult(
+            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
+        )
+    started = time.perf_counter()
+    entries: list[str] = storage.read_json(storage.join(config.counts, "metadata.json"))
+    margins = list(dict.fromkeys(config.margins))
+    table = read_signatures(spark, config.counts, margins, len(entries))
+    options = method_options(config, entries, int(table.n_matched))
+    if table.n_matched == 0 and not config.keep_unmatched:
+        raise storage.StageInputError(
+            f"{config.counts}: no sample matched any entry; nothing to balance "
+            "(check the metadata list, or use --keep-unmatched)"
+        )
+    log.info(
+        "balance: %s on %d signatures (%d samples, %d entries)",
+        config.method,
+        table.n_signatures,
+        table.n_samples,
+        len(entries),
+    )
+    try:
+        result: BalanceResult = run_method(table, config.method, **options)
+    except TargetSizeError as exc:
+        raise BalanceConfigError(f"infeasible target: {exc}") from exc
+    diag = diagnostics(table, result)
+    params = result.params
+
+    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+    with storage.atomic_directory(config.output, manifest) as tmp:
+        storage.write_bytes(storage.join(tmp, "params.json"), params.to_json().encode())
+        entry_table = result.entry_table(entries)
+        mult = table.multiplicity
+        work = table.with_unmatched_entry() if params.keep_unmatched else table
+        entry_table = entry_table.append_column(
+            "expected", pa.array(work.entry_sums(mult * result.pi)[: entry_table.num_rows])
+        )
+        _write_table(entry_table, storage.join(tmp, "entry_factors.parquet"))
+        _write_table(
+            pa.Table.from_pylist(
+                [
+                    {
+                        "iter": int(h["iter"]),
+                        "max_rel_err": float(h["max_rel_err"]),
+                        "l1": float(h["l1"]),
+                    }
+                    for h in result.history
+                ],
+                schema=pa.schema(
+                    [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
+                ),
+            ),
+            storage.join(tmp, "history.parquet"),
+        )
+        broadcast, key = broadcast_params(spark, params)
+        try:
+            score_pool(
+                pool.select("uid", "entry_ids", *margins),
+                broadcast,
+                key,
+                params.repeat_scale is not None,
+            ).write.parquet(storage.spark_url(storage.join(tmp, "weights")))
+        finally:
+            broadcast.unpersist()
+        storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
+        summary = {
+            "stage": "balance",
+            "method": config.method,
+            "t": result.info.get("t"),
+            "status": result.info.get("status", "closed_form"),
+            "target_size": options.get("target_size"),
+            "expected_size": diag["inclusion"]["expected_size"],
+            "with_replacement": config.with_replacement,
+            "margins": margins,
+            "headline": headline(diag),
+            "info": diag["info"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        storage.write_json(storage.join(tmp, "summary.json"), summary)
+    log.info("balance: %s done in %.1f s -> %s", config.method, summary["seconds"], config.output)
+    return BalanceRunResult(config.output, json.loads(json.dumps(summary)))
+
+
+def _run(config: BalanceConfig, spark: SparkSession, force: bool) -> BalanceRunResult:
+    return run_balance(spark, config, force)
+
+
+COMMAND = Command(
+    name="balance",
+    help="solve per-sample weights and inclusion probabilities (metaclip, balance or rake)",
+    config_cls=BalanceConfig,
+    section="balance",
+    run=_run,
+)

@@ -1,0 +1,237 @@
+"""The ``select`` stage: deterministic selection (or repeats) from the balanced probabilities.
+
+Each sample's uniform is ``u_i = hash(uid_i, seed)`` (``curation.selection.hash_uniform``: keyed
+64-bit BLAKE2b, top 53 bits); the sample is kept iff ``u_i < π_i``. With replacement it is
+repeated ``r_i = ⌊e_i⌋ + [u_i < frac(e_i)]`` times, with ``e_i = N·w_i/Σw`` the expected repeats.
+Decisions depend only on (uid, seed, π_i), and π_i only on the sample's own entry ids and margin
+values and the solved parameters, so the same inputs give the same selection on any cluster, any
+partitioning, any rerun.
+
+π_i is recomputed here from the balance stage's ``params.json`` with the same function that wrote
+its ``weights/`` (no join of the pool with the weights, so no shuffle).
+
+Output directory (committed atomically)::
+
+    selected/      Parquet: every matched-pool column + weight, inclusion_prob, repeats (int32 ≥ 1)
+    subset.npy     DataComp-style subset: the selected uids' two 64-bit halves, dtype u8,u8, sorted
+    summary.json   expected size Σπ_i (or Σe_i), realised size, sum of repeats, seed
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, IntegerType, LongType, StructField, StructType
+
+from curation import storage
+from curation.balancing import ScoreParams, expected_repeats, score_arrow
+from curation.cli import Command
+from curation.selection import draw_repeats, hash_uniform, select_mask, sorted_subset, uid_halves
+from curation.stages.balance import broadcast_params, cached_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectConfig:
+    """Options of the ``select`` stage (``[select]`` in a config file)."""
+
+    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
+    weights: str = field(default="", metadata={"help": "balance directory (output of balance)"})
+    output: str = field(default="", metadata={"help": "output directory of the selection"})
+    seed: int = field(default=0, metadata={"help": "selection seed (0 <= seed < 2**64)"})
+    with_replacement: bool = field(
+        default=False,
+        metadata={"help": "draw integer repeats (needs a balance run solved --with-replacement)"},
+    )
+
+
+def _select_partition(batches, broadcast, key: str, seed: int, with_replacement: bool):
+    """mapInArrow body: score, draw, and keep the selected rows with weight, π and repeats."""
+    params = cached_params(broadcast, key)
+    for batch in batches:
+        weight, pi = score_arrow(params, batch)
+        u = hash_uniform(batch.column("uid"), seed)
+        if with_replacement:
+            repeats = draw_repeats(u, expected_repeats(params, weight))
+        else:
+            repeats = select_mask(u, pi).astype(np.int64)
+        keep = repeats > 0
+        if not keep.any():
+            continue
+        kept = batch.filter(pa.array(keep))
+        yield (
+            kept.append_column("weight", pa.array(weight[keep]))
+            .append_column("inclusion_prob", pa.array(pi[keep]))
+            .append_column("repeats", pa.array(repeats[keep].astype(np.int32)))
+        )
+
+
+def _expected_partition(batches, broadcast, key: str, with_replacement: bool):
+    """Σπ_i (or Σe_i) per batch, for the summary's expected size."""
+    params = cached_params(broadcast, key)
+    for batch in batches:
+        weight, pi = score_arrow(params, batch)
+        value = expected_repeats(params, weight).sum() if with_replacement else pi.sum()
+        yield pa.RecordBatch.from_arrays([pa.array([float(value)])], names=["expected"])
+
+
+def select_pool(
+    pool: DataFrame, broadcast, key: str, seed: int, with_replacement: bool
+) -> DataFrame:
+    schema = StructType(
+        [
+            *pool.schema.fields,
+            StructField("weight", DoubleType(), False),
+            StructField("inclusion_prob", DoubleType(), False),
+            StructField("repeats", IntegerType(), False),
+        ]
+    )
+    return pool.mapInArrow(
+        partial(
+            _select_partition,
+            broadcast=broadcast,
+            key=key,
+            seed=seed,
+            with_replacement=with_replacement,
+        ),
+        schema,
+    )
+
+
+def _halves_partition(batches):
+    for batch in batches:
+        halves = uid_halves(batch.column("uid"))
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(halves["f0"].view(np.int64)), pa.array(halves["f1"].view(np.int64))],
+            names=["hi", "lo"],
+        )
+
+
+def subset_halves(selected: DataFrame) -> np.ndarray:
+    """The selected uids as DataComp's ``u8,u8`` halves (computed on the executors)."""
+    schema = StructType(
+        [StructField("hi", LongType(), False), StructField("lo", LongType(), False)]
+    )
+    table = selected.select("uid").mapInArrow(_halves_partition, schema).toArrow()
+    out = np.empty(table.num_rows, dtype=np.dtype("u8,u8"))
+    out["f0"] = table.column("hi").to_numpy().view(np.uint64)
+    out["f1"] = table.column("lo").to_numpy().view(np.uint64)
+    return out
+
+
+@dataclass
+class SelectResult:
+    output: str
+    summary: dict
+    skipped: bool = False
+
+    def report(self) -> str:
+        s = self.summary
+        return "\n".join(
+            [
+                f"select: {s['selected']:,} samples selected (expected {s['expected_size']:,.1f}), "
+                f"{s['total_repeats']:,} with repeats, seed {s['seed']}"
+                + (" (up to date, skipped)" if self.skipped else ""),
+                f"  selected   {storage.join(self.output, 'selected')}",
+                f"  subset     {storage.join(self.output, 'subset.npy')}",
+            ]
+        )
+
+
+def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -> SelectResult:
+    """Select from the matched pool with the balance stage's parameters."""
+    if not (config.input and config.weights and config.output):
+        raise ValueError("select needs --input (matched), --weights (balance output) and --output")
+    if not 0 <= config.seed < 2**64:
+        raise ValueError(f"--seed {config.seed}: the seed must lie in [0, 2**64)")
+    storage.require_complete(config.input, "matched pool")
+    storage.require_complete(config.weights, "balance output")
+    params = ScoreParams.from_json(
+        storage.read_bytes(storage.join(config.weights, "params.json")).decode()
+    )
+    if config.with_replacement and params.repeat_scale is None:
+        raise ValueError(
+            f"{config.weights}: these weights were solved without replacement; rerun balance with "
+            "--with-replacement and a target size to draw repeats"
+        )
+    manifest = storage.make_manifest(
+        "select",
+        {"seed": config.seed, "with_replacement": config.with_replacement},
+        {"matched": config.input, "weights": config.weights},
+    )
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("select: %s is up to date; skipped", config.output)
+        return SelectResult(
+            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
+        )
+    started = time.perf_counter()
+    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+    broadcast, key = broadcast_params(spark, params)
+    try:
+        with storage.atomic_directory(config.output, manifest) as tmp:
+            selected_url = storage.join(tmp, "selected")
+            select_pool(pool, broadcast, key, config.seed, config.with_replacement).write.parquet(
+                storage.spark_url(selected_url)
+            )
+            selected = spark.read.parquet(storage.spark_url(selected_url))
+            halves = subset_halves(selected)
+            buffer = io.BytesIO()
+            np.save(buffer, sorted_subset(halves), allow_pickle=False)
+            storage.write_bytes(storage.join(tmp, "subset.npy"), buffer.getvalue())
+            expected = (
+                pool.select("uid", "entry_ids", *params.margin_values)
+                .mapInArrow(
+                    partial(
+                        _expected_partition,
+                        broadcast=broadcast,
+                        key=key,
+                        with_replacement=config.with_replacement,
+                    ),
+                    StructType([StructField("expected", DoubleType(), False)]),
+                )
+                .agg(F.sum("expected"))
+                .first()[0]
+            )
+            counts = selected.agg(F.count("*"), F.sum("repeats")).first()
+            summary = {
+                "stage": "select",
+                "seed": config.seed,
+                "with_replacement": config.with_replacement,
+                "method": params.method,
+                "expected_size": float(expected or 0.0),
+                "selected": int(counts[0]),
+                "total_repeats": int(counts[1] or 0),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            storage.write_json(storage.join(tmp, "summary.json"), summary)
+    finally:
+        broadcast.unpersist()
+    log.info(
+        "select: %d selected (expected %.1f) -> %s",
+        summary["selected"],
+        summary["expected_size"],
+        config.output,
+    )
+    return SelectResult(config.output, summary)
+
+
+def _run(config: SelectConfig, spark: SparkSession, force: bool) -> SelectResult:
+    return run_select(spark, config, force)
+
+
+COMMAND = Command(
+    name="select",
+    help="select samples deterministically (hash of uid and seed) from the balanced probabilities",
+    config_cls=SelectConfig,
+    section="select",
+    run=_run,
+)
