@@ -1,0 +1,152 @@
+"""Running a method on the driver or on Spark, and choosing between the two by size.
+
+Both executions run the same solver code (:mod:`.rake`, :mod:`.metaclip`, :mod:`.pair_balance`)
+against an operator (:mod:`.operators`): :class:`~.operators.LocalOperator` for a table on the
+driver, :class:`~.spark_operator.SparkOperator` for a table left on Spark.
+
+* :func:`run_method_on` — any operator; a Spark result carries ``stats`` (aggregated diagnostics
+  inputs) and ``info["execution"]``, and ``weight``/``pi`` are None (score the pool with
+  :func:`~.params.score_arrow` and the broadcast ``result.params``).
+* :func:`run_method_spark` — from a Spark DataFrame of the signature table.
+* :func:`choose_execution` / :func:`run_method_auto` — driver when the table is small enough
+  (``nnz ≤ max_driver_nnz`` and ``s ≤ max_driver_signatures``), else Spark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from .metaclip import metaclip_on
+from .operators import LocalOperator, TableOperator
+from .pair_balance import balance_on
+from .params import METHODS, BalanceResult
+from .rake import rake_on
+from .signatures import SignatureTable
+
+#: Largest number of (signature, entry) incidences solved on the driver by default. The driver
+#: path holds about 40 bytes per incidence and 100 per signature at its peak (CSR matrix with
+#: margins, per-row vectors), so 50M incidences stay within a few GB.
+DEFAULT_MAX_DRIVER_NNZ = 50_000_000
+#: Largest number of distinct signatures solved on the driver by default.
+DEFAULT_MAX_DRIVER_SIGNATURES = 20_000_000
+
+Execution = Literal["driver", "spark"]
+
+
+def choose_execution(
+    n_signatures: int,
+    nnz: int,
+    threshold: int = DEFAULT_MAX_DRIVER_NNZ,
+    *,
+    max_signatures: int = DEFAULT_MAX_DRIVER_SIGNATURES,
+) -> Execution:
+    """``"driver"`` when nnz ≤ ``threshold`` and n_signatures ≤ ``max_signatures``, else
+    ``"spark"``."""
+    return "driver" if nnz <= threshold and n_signatures <= max_signatures else "spark"
+
+
+def run_method_on(operator: TableOperator, method: str, **kwargs: Any) -> BalanceResult:
+    """Run ``method`` (``metaclip``, ``balance`` or ``rake``; keyword arguments as for the
+    driver-side functions) on any table operator. On a distributed operator the result also
+    carries ``stats`` (for :func:`~.diagnostics.diagnostics` with ``table=None``) and
+    ``info["execution"]`` (partitions, passes, seconds)."""
+    fns = {"metaclip": metaclip_on, "balance": balance_on, "rake": rake_on}
+    if method not in fns:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    result = fns[method](operator, **kwargs)
+    if operator.is_distributed:
+        result.stats = operator.aggregate_stats(result.params)
+        result.info["execution"] = operator.execution_info()
+    return result
+
+
+def _margins_needed(margin_cols: Sequence[str], kwargs: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*margin_cols, *kwargs.get("margins", ())]))
+
+
+def run_method_spark(
+    spark: Any,
+    signatures_df: Any,
+    n_entries: int,
+    method: str,
+    margin_cols: Sequence[str] = (),
+    *,
+    num_partitions: int | None = None,
+    **kwargs: Any,
+) -> BalanceResult:
+    """Run ``method`` on a signature table that stays on Spark (see :class:`SparkOperator`).
+
+    ``signatures_df``: ``entry_ids`` list<int32>, the margin columns, ``multiplicity`` int64
+    (the ``count`` stage's ``signatures/``). ``margin_cols``: margin columns to load (the
+    method's ``margins`` are added). The cached blocks are dropped before returning.
+    Returns a :class:`BalanceResult` with ``weight = pi = None`` and ``stats`` set.
+    """
+    from .spark_operator import SparkOperator
+
+    with SparkOperator(
+        spark,
+        signatures_df,
+        n_entries,
+        _margins_needed(margin_cols, kwargs),
+        num_partitions=num_partitions,
+    ) as op:
+        return run_method_on(op, method, **kwargs)
+
+
+def signature_table_size(signatures_df: Any, entry_col: str = "entry_ids") -> tuple[int, int]:
+    """(number of signatures, nnz = Σ |entry_ids|) of a Spark signature table (one job)."""
+    from pyspark.sql import functions as F
+
+    row = signatures_df.agg(
+        F.count(F.lit(1)).alias("s"),
+        F.coalesce(F.sum(F.coalesce(F.size(entry_col), F.lit(0))), F.lit(0)).alias("nnz"),
+    ).first()
+    return int(row["s"]), int(row["nnz"])
+
+
+def run_method_auto(
+    spark: Any,
+    signatures_df: Any,
+    n_entries: int,
+    method: str,
+    margin_cols: Sequence[str] = (),
+    *,
+    max_driver_nnz: int = DEFAULT_MAX_DRIVER_NNZ,
+    max_driver_signatures: int = DEFAULT_MAX_DRIVER_SIGNATURES,
+    num_partitions: int | None = None,
+    **kwargs: Any,
+) -> BalanceResult:
+    """Run ``method`` on the driver or on Spark, chosen by :func:`choose_execution`.
+
+    The driver path collects the table (``toArrow``) and runs the NumPy/SciPy code; its result
+    carries per-signature ``weight``/``pi`` too. Both paths set ``result.stats`` (so
+    ``diagnostics(None, result)`` works either way) and ``info["execution"]["path"]``.
+    """
+    n_sig, nnz = signature_table_size(signatures_df)
+    path = choose_execution(n_sig, nnz, max_driver_nnz, max_signatures=max_driver_signatures)
+    if path == "spark":
+        return run_method_spark(
+            spark,
+            signatures_df,
+            n_entries,
+            method,
+            margin_cols,
+            num_partitions=num_partitions,
+            **kwargs,
+        )
+    t0 = time.perf_counter()
+    cols = _margins_needed(margin_cols, kwargs)
+    arrow = signatures_df.select("entry_ids", *cols, "multiplicity").toArrow()
+    table = SignatureTable.from_arrow(arrow, n_entries, cols)
+    op = LocalOperator(table)
+    result = run_method_on(op, method, **kwargs)
+    result.stats = op.aggregate_stats(result.params)
+    result.info["execution"] = {
+        "path": "driver",
+        "signatures": n_sig,
+        "nnz": nnz,
+        "seconds": time.perf_counter() - t0,
+    }
+    return result

@@ -1,0 +1,48 @@
+"""Element-wise kernels shared by the driver operator and the Spark executors.
+
+Pure NumPy, no state: the same functions run on the driver (:mod:`.operators`) and inside the
+Python workers (:mod:`.spark_operator`), so both executions evaluate identical formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: λ of a column whose target is 0: forces π = 0 on its rows (finite, dominates any sum).
+ZERO_LOG = -1e300
+
+
+def probs(eta: np.ndarray, capped: bool = True) -> np.ndarray:
+    """π(η) = min(1, e^η) = e^{min(η, 0)} (capped), e^{min(η, 700)} (uncapped raking)."""
+    return np.exp(np.minimum(eta, 0.0)) if capped else np.exp(np.minimum(eta, 700.0))
+
+
+def phi(eta: np.ndarray, capped: bool = True) -> np.ndarray:
+    """φ(η) = e^η for η ≤ 0 and 1 + η for η > 0 (capped); e^η (uncapped)."""
+    if not capped:
+        return np.exp(np.minimum(eta, 700.0))
+    return np.exp(np.minimum(eta, 0.0)) + np.maximum(eta, 0.0)
+
+
+def phi_diff(new: np.ndarray, old: np.ndarray, capped: bool = True) -> np.ndarray:
+    """φ(new) − φ(old) without cancellation.
+
+    Capped: φ(η) = e^{min(η,0)} + max(η,0), so the difference is
+    e^{min(old,0)}·expm1(min(new,0) − min(old,0)) + max(new,0) − max(old,0).
+    """
+    if capped:
+        n0, o0 = np.minimum(new, 0.0), np.minimum(old, 0.0)
+        lin = np.maximum(new, 0.0) - np.maximum(old, 0.0)
+    else:
+        n0, o0 = np.minimum(new, 700.0), np.minimum(old, 700.0)
+        lin = 0.0
+    # e^{n0} − e^{o0} = ±e^{max}·(−expm1(min − max)): no overflow, no 0·inf
+    hi = np.maximum(n0, o0)
+    diff = np.exp(hi) * -np.expm1(np.minimum(n0, o0) - hi)
+    return np.where(n0 >= o0, diff, -diff) + lin
+
+
+def metaclip_log_survival(p: np.ndarray) -> np.ndarray:
+    """log(1 − p_j) = log1p(−p_j) (−inf where p_j = 1): MetaCLIP's π_r = −expm1(Σ_{j∈S_r} ·)."""
+    with np.errstate(divide="ignore"):
+        return np.log1p(-np.asarray(p, dtype=np.float64))
