@@ -10,29 +10,38 @@ ARGS ?=
 RUN ?= runs/demo
 DEMO_ROWS ?= 200000
 DEMO_METHOD ?= rake
+DEMO_TARGET ?= 20000
+DEMO_IMAGE_PORT ?= 18765
 STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint format metadata demo-pool match count balance select bench-match clean-demo
+.PHONY: install demo test lint format metadata demo-pool match count balance select download reshard bench-match bench-balance bench-shards clean-demo
 
 # The virtual environment is (re)built when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	@command -v java >/dev/null || { echo "Java is required by Spark: sudo apt-get install -y openjdk-17-jre-headless"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,download]'
 	touch $@
 
 install: $(VENV)/.installed
 
 # The whole pipeline on the built-in demo pool, on an in-process local[*] Spark session.
 demo: install
-	$(CURATE) demo-pool --output $(RUN)/pool --rows $(DEMO_ROWS) $(ARGS)
-	$(CURATE) match --input $(RUN)/pool --output $(RUN)/matched
-	$(CURATE) count --input $(RUN)/matched --output $(RUN)/counts --margin source
-	$(CURATE) balance --input $(RUN)/matched --counts $(RUN)/counts --output $(RUN)/balance --method $(DEMO_METHOD) --target-fraction 0.3
-	$(CURATE) select --input $(RUN)/matched --weights $(RUN)/balance --output $(RUN)/selected --seed 0
+	@mkdir -p $(RUN)
+	@# A loopback image server stands in for the web: the demo pool's URLs point at it.
+	$(PY) -m curation.shards.demo_server --port $(DEMO_IMAGE_PORT) --port-file $(RUN)/image-server.port --max-seconds 3600 & echo $$! > $(RUN)/image-server.pid
+	@for i in $$(seq 50); do test -s $(RUN)/image-server.port && break; sleep 0.2; done
+	@set -e; trap 'kill $$(cat $(RUN)/image-server.pid) 2>/dev/null || true' EXIT; \
+	$(CURATE) demo-pool --output $(RUN)/pool --rows $(DEMO_ROWS) --url-prefix http://127.0.0.1:$(DEMO_IMAGE_PORT)/images/ $(ARGS); \
+	$(CURATE) match --input $(RUN)/pool --output $(RUN)/matched; \
+	$(CURATE) count --input $(RUN)/matched --output $(RUN)/counts --margin source; \
+	$(CURATE) balance --input $(RUN)/matched --counts $(RUN)/counts --output $(RUN)/balance --method $(DEMO_METHOD) --target-size $(DEMO_TARGET); \
+	$(CURATE) select --input $(RUN)/matched --weights $(RUN)/balance --output $(RUN)/selected --seed 0; \
+	$(CURATE) download --input $(RUN)/selected --output $(RUN)/shards --image-size 64 --samples-per-shard 1000 --timeout 5; \
+	$(PY) -m curation.shards.verify $(RUN)/shards
 	@echo "demo run written to $(RUN)/"
 
 test: install
@@ -65,6 +74,18 @@ balance: install
 
 select: install
 	$(CURATE) select $(STAGE_ARGS)
+
+download: install
+	$(CURATE) download $(STAGE_ARGS)
+
+reshard: install
+	$(CURATE) reshard $(STAGE_ARGS)
+
+bench-shards: install
+	$(PY) bench/bench_shards.py $(ARGS)
+
+bench-balance: install
+	$(PY) bench/bench_balance.py $(ARGS)
 
 bench-match: install
 	$(PY) bench/bench_match.py $(ARGS)

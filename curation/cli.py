@@ -56,6 +56,8 @@ COMMAND_MODULES = {
     "count": "curation.stages.count",
     "balance": "curation.stages.balance",
     "select": "curation.stages.select",
+    "download": "curation.stages.download",
+    "reshard": "curation.stages.reshard",
 }
 
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)

@@ -76,6 +76,10 @@ class DemoPoolConfig:
     zipf_exponent: float = field(
         default=1.1, metadata={"help": "exponent of the keyword popularity law"}
     )
+    vocabulary: int = field(
+        default=5_000,
+        metadata={"help": "keywords come from this many entries of the list (0: all of them)"},
+    )
     url_prefix: str = field(
         default="https://demo.invalid/images/",
         metadata={"help": "URL prefix of the (synthetic) images"},
@@ -153,7 +157,7 @@ def write_demo_pool(config: DemoPoolConfig) -> dict:
     started = time.perf_counter()
     metadata = load_metadata(config.metadata)
     captions, source = generate_captions(
-        metadata.entries, config.rows, config.seed, config.zipf_exponent
+        metadata.entries, config.rows, config.seed, config.zipf_exponent, config.vocabulary
     )
     uids = [hashlib.md5(f"demo-{config.seed}-{i}".encode()).hexdigest() for i in range(config.rows)]
     urls = [f"{config.url_prefix}{i:08d}.jpg" for i in range(config.rows)]

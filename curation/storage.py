@@ -19,9 +19,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import fsspec.config
 from fsspec.core import url_to_fs as _url_to_fs
 
 from curation import __version__
@@ -189,3 +191,89 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
+
+
+# --- Object-store options (s3:// through s3fs) --------------------------------------------------
+#
+# Where a stage reads or writes ``s3://`` paths, the endpoint, the credentials and the retry policy
+# come from :class:`S3Options`. They are installed as fsspec's per-protocol defaults
+# (``fsspec.config.conf["s3"]``), so every fsspec call in the process uses them, including those
+# made inside libraries such as img2dataset. Spark tasks run in other processes: the stages pass
+# the options into the task closure (:func:`apply_storage_options` on the worker) or, for code they
+# do not control, through the ``FSSPEC_S3`` environment variable of the Python workers
+# (:meth:`S3Options.worker_environment`). Credentials are never part of a manifest, a stats file
+# or a log line: :meth:`S3Options.public` is the only view that is ever written.
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible store (AWS, MinIO, Ceph, moto ...).
+
+    Empty fields fall back to botocore's usual chain (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
+    ``~/.aws``, instance roles), which is the recommended way to pass credentials: a key given on a
+    command line is visible to other users of the machine in ``ps``.
+    """
+
+    endpoint_url: str = ""
+    key: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    region: str = ""
+    profile: str = ""
+    retries: int = 5
+    anon: bool = False
+
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem`` (empty when everything is default)."""
+        opts: dict[str, Any] = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.key:
+            opts["key"] = self.key
+        if self.secret:
+            opts["secret"] = self.secret
+        if self.profile:
+            opts["profile"] = self.profile
+        if self.anon:
+            opts["anon"] = True
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        # botocore's own retry loop (throttling, 5xx, connection errors) ...
+        opts["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"}}
+        return opts
+
+    def is_default(self) -> bool:
+        return self == S3Options()
+
+    def public(self) -> dict[str, Any]:
+        """What may be logged or written to a manifest: no key, no secret."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "profile": self.profile,
+            "retries": self.retries,
+            "anon": self.anon,
+            "credentials": "given" if (self.key or self.secret) else "default chain",
+        }
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment for processes that build their own fsspec filesystems (fsspec reads
+        ``FSSPEC_S3`` as JSON defaults for the ``s3`` protocol when it is imported)."""
+        if self.is_default():
+            return {}
+        return {"FSSPEC_S3": json.dumps(self.storage_options(), sort_keys=True)}
+
+
+def apply_storage_options(s3: S3Options | None) -> None:
+    """Install ``s3`` as this process's fsspec defaults for ``s3://`` (idempotent).
+
+    Called on the driver by the stages and at the start of every Spark task that touches storage,
+    because Python workers are separate processes that do not share the driver's settings.
+    """
+    if s3 is None:
+        return
+    opts = s3.storage_options()
+    # s3fs also retries reads itself, with a class-level count.
+    current = fsspec.config.conf.get("s3")
+    if current != opts:
+        fsspec.config.conf["s3"] = opts
+        fsspec.config.conf["s3a"] = opts

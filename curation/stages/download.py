@@ -1,0 +1,411 @@
+"""The ``download`` stage: fetch the selected URLs with img2dataset into a balanced shard set.
+
+    curate download --input SELECTED --output DIR [--image-size 256 --resize-mode border ...]
+
+1. The selection's URLs (one row per uid, sorted by uid) go to ``DIR/_work/urls.parquet``.
+2. img2dataset downloads them into ``DIR/_work/raw/`` with its ``pyspark`` distributor on *this*
+   Spark session (no second session; see :func:`use_session_for_img2dataset`), resizing as
+   configured, with ``uid``, ``weight``, ``inclusion_prob``, ``entry_ids`` and ``repeats`` saved
+   into each sample's ``.json``. Its incremental mode is the resume: a raw shard with its
+   ``_stats.json`` is done and not fetched again.
+3. The raw shards are resharded (:func:`curation.stages.reshard.reshard_into`) into the final set:
+   each selected sample is downloaded **once** and written ``repeats`` times as ``{uid}-{j}``,
+   keys are the sanitised uids (img2dataset's numeric keys stay in the ``.json`` as
+   ``source.key``), shards hold exactly ``samples_per_shard`` samples, and the weights are
+   renormalised over the samples that arrived.
+
+``_stats.json`` has img2dataset's successes and failures by reason; ``_rejects.parquet`` lists each
+selected sample that is not in the output with its reason (``http_404``, ``timeout``,
+``decode_error``, ...). The raw shards are deleted on commit unless ``keep_raw``; kept raw shards
+are reused when only the resharding options change (``samples_per_shard``, ``shuffle``, ``seed``),
+so such a rerun does not download again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from curation import storage
+from curation.cli import Command
+from curation.shards import layout
+from curation.shards.writer import atomic_open
+from curation.stages.reshard import (
+    S3Fields,
+    ShardSetResult,
+    _committed_result,
+    manifest_config,
+    reshard_into,
+)
+
+log = logging.getLogger(__name__)
+
+SAVED_COLUMNS = ["uid", "weight", "inclusion_prob", "entry_ids", "repeats"]
+RESHARD_OPTIONS = ("samples_per_shard", "shuffle", "seed", "keep_raw")
+
+
+@dataclass
+class _DownloadOptions:
+    input: str = field(default="", metadata={"help": "output directory of the select stage"})
+    output: str = field(default="", metadata={"help": "output directory of the shard set"})
+    samples_per_shard: int = field(
+        default=10_000, metadata={"help": "samples per output shard (the last may hold fewer)"}
+    )
+    shuffle: bool = field(
+        default=False, metadata={"help": "mix samples across output shards (seeded)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the shuffle order"})
+    image_size: int = field(default=256, metadata={"help": "img2dataset image_size"})
+    resize_mode: str = field(
+        default="border",
+        metadata={
+            "help": "img2dataset resize_mode: no, border, keep_ratio, keep_ratio_largest, center_crop"
+        },
+    )
+    resize_only_if_bigger: bool = field(
+        default=False, metadata={"help": "img2dataset resize_only_if_bigger"}
+    )
+    encode_format: str = field(default="jpg", metadata={"help": "jpg, png or webp"})
+    encode_quality: int = field(default=95, metadata={"help": "img2dataset encode_quality"})
+    skip_reencode: bool = field(default=False, metadata={"help": "img2dataset skip_reencode"})
+    disable_all_reencoding: bool = field(
+        default=False, metadata={"help": "keep the downloaded bytes as they are (no resizing)"}
+    )
+    min_image_size: int = field(default=0, metadata={"help": "img2dataset min_image_size"})
+    max_aspect_ratio: float = field(
+        default=0.0, metadata={"help": "img2dataset max_aspect_ratio (0: no limit)"}
+    )
+    timeout: int = field(default=10, metadata={"help": "seconds per HTTP request"})
+    retries: int = field(default=0, metadata={"help": "HTTP retries per URL"})
+    thread_count: int = field(default=64, metadata={"help": "download threads per Spark task"})
+    download_shard_size: int = field(
+        default=10_000,
+        metadata={"help": "URLs per img2dataset task (its number_sample_per_shard)"},
+    )
+    max_shard_retry: int = field(
+        default=1, metadata={"help": "times img2dataset retries a failed download shard"}
+    )
+    user_agent_token: str = field(
+        default="", metadata={"help": "token added to the User-Agent (img2dataset's)"}
+    )
+    respect_robots_headers: bool = field(
+        default=True,
+        metadata={"help": "skip images whose X-Robots-Tag says noai/noimageai/noindex"},
+    )
+    extract_exif: bool = field(default=False, metadata={"help": "save EXIF into each .json"})
+    keep_raw: bool = field(
+        default=False, metadata={"help": "keep img2dataset's raw shards in DIR/_work/raw"}
+    )
+
+
+@dataclass
+class DownloadConfig(S3Fields, _DownloadOptions):
+    """Options of the ``download`` stage (``[download]`` in a config file)."""
+
+
+# --- img2dataset on our session ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def use_session_for_img2dataset(spark: SparkSession, env: dict[str, str]) -> Iterator[None]:
+    """Make img2dataset's pyspark distributor run on ``spark``.
+
+    img2dataset (``distributor._spark_session``) takes ``SparkSession.getActiveSession()`` and,
+    when that is ``None``, builds a session of its own with ``spark.driver.memory=16G`` and
+    *stops it afterwards*, which stops our shared SparkContext too. The active session is
+    per thread, so we make ``spark`` active on this thread and check that img2dataset will
+    see it. ``env`` is added to the Python workers' environment for the duration (fsspec's
+    ``FSSPEC_S3`` defaults, and albumentations' update check switched off).
+    """
+    from pyspark.sql import SparkSession as _S
+
+    jvm_session = spark._jvm.org.apache.spark.sql.SparkSession  # type: ignore[union-attr]
+    jvm_session.setActiveSession(spark._jsparkSession)
+    _S._activeSession = spark  # type: ignore[attr-defined]
+    active = _S.getActiveSession()
+    if active is None or not active._jsparkSession.equals(spark._jsparkSession):
+        raise RuntimeError("could not make the stage's Spark session the active one")
+    sc = spark.sparkContext
+    saved_env = {k: sc.environment.get(k) for k in env}
+    sc.environment.update(env)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, previous_sigint)
+        for k, v in saved_env.items():
+            if v is None:
+                sc.environment.pop(k, None)
+            else:
+                sc.environment[k] = v
+    if sc._jsc is None or spark.sparkContext._jsc.sc().isStopped():  # type: ignore[union-attr]
+        raise RuntimeError("img2dataset stopped the Spark session")
+
+
+def img2dataset_arguments(config: DownloadConfig, urls: str, raw: str, processes: int) -> dict:
+    """Keyword arguments of ``img2dataset.download`` for this config."""
+    return dict(
+        url_list=urls,
+        output_folder=raw,
+        input_format="parquet",
+        output_format="webdataset",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=list(SAVED_COLUMNS),
+        distributor="pyspark",
+        processes_count=processes,
+        thread_count=config.thread_count,
+        number_sample_per_shard=config.download_shard_size,
+        subjob_size=1000,
+        image_size=config.image_size,
+        resize_mode=config.resize_mode,
+        resize_only_if_bigger=config.resize_only_if_bigger,
+        encode_format=config.encode_format,
+        encode_quality=config.encode_quality,
+        skip_reencode=config.skip_reencode,
+        disable_all_reencoding=config.disable_all_reencoding,
+        min_image_size=config.min_image_size,
+        max_aspect_ratio=config.max_aspect_ratio or float("inf"),
+        timeout=config.timeout,
+        retries=config.retries,
+        max_shard_retry=config.max_shard_retry,
+        extract_exif=config.extract_exif,
+        compute_hash="sha256",
+        incremental_mode="incremental",
+        enable_wandb=False,
+        oom_shard_count=5,
+        user_agent_token=config.user_agent_token or None,
+        disallowed_header_directives=None if config.respect_robots_headers else [],
+    )
+
+
+# --- failure reasons ----------------------------------------------------------------------------
+
+_HTTP = re.compile(r"HTTP Error (\d{3})")
+
+
+def failure_reason(status: str | None, message: str | None) -> str:
+    """A short, stable reason for one failed URL from img2dataset's status and message."""
+    message = message or ""
+    if status == "failed_to_resize":
+        if "too small" in message or "aspect ratio" in message or "too large" in message:
+            return "filtered_by_size"
+        return "decode_error"
+    if m := _HTTP.search(message):
+        return f"http_{m.group(1)}"
+    low = message.lower()
+    if "timed out" in low or "timeout" in low:
+        return "timeout"
+    if "x-robots-tag" in low:
+        return "disallowed_by_robots"
+    if "hash mismatch" in low:
+        return "hash_mismatch"
+    if "refused" in low or "urlopen error" in low or "name or service" in low:
+        return "connection_error"
+    return "other"
+
+
+def read_raw_status(raw: str) -> pa.Table:
+    """uid, url, status, error_message of every URL img2dataset tried (its per-shard parquet)."""
+    fs, path = storage.url_to_fs(raw)
+    tables = []
+    for p in sorted(fs.glob(f"{path}/*.parquet")):
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f, columns=["uid", "url", "status", "error_message"]))
+    if not tables:
+        return pa.table(
+            {c: pa.array([], pa.string()) for c in ("uid", "url", "status", "error_message")}
+        )
+    return pa.concat_tables(tables)
+
+
+def download_stats(raw: str, status: pa.Table, n_urls: int, no_url: int) -> dict[str, Any]:
+    failed = status.filter(pc.not_equal(status.column("status"), "success"))
+    reasons: Counter[str] = Counter()
+    messages: Counter[str] = Counter()
+    for st, msg in zip(
+        failed.column("status").to_pylist(), failed.column("error_message").to_pylist()
+    ):
+        reasons[failure_reason(st, msg)] += 1
+        messages[(msg or st or "")[:200]] += 1
+    statuses = Counter(status.column("status").to_pylist())
+    if no_url:
+        reasons["no_url"] += no_url
+    return {
+        "urls": n_urls,
+        "tried": status.num_rows,
+        "successes": statuses.get("success", 0),
+        "failed_to_download": statuses.get("failed_to_download", 0),
+        "failed_to_resize": statuses.get("failed_to_resize", 0),
+        "failures_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "failures_by_message": dict(messages.most_common(20)),
+    }
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def run_download(
+    spark: SparkSession, config: DownloadConfig, force: bool = False
+) -> ShardSetResult:
+    """Download ``config.input``'s selection into the shard set ``config.output``."""
+    if not config.input or not config.output:
+        raise ValueError("download needs --input and --output")
+    if config.samples_per_shard < 1 or config.download_shard_size < 1:
+        raise ValueError("download: samples_per_shard and download_shard_size must be >= 1")
+    s3 = config.s3_options()
+    storage.apply_storage_options(s3)
+    storage.require_complete(config.input, "selection (output of the select stage)")
+    manifest = storage.make_manifest(
+        "download", manifest_config(config), {"selected": config.input}
+    )
+    if not force and storage.is_up_to_date(config.output, manifest):
+        log.info("download: %s is up to date; skipped", config.output)
+        return _committed_result("download", config.output)
+    started = time.perf_counter()
+    raw_manifest = storage.make_manifest(
+        "download-raw", manifest_config(config, RESHARD_OPTIONS), {"selected": config.input}
+    )
+    work = storage.join(config.output, layout.WORK)
+    raw = storage.join(work, "raw")
+    raw_manifest_url = storage.join(work, "raw_manifest.json")
+    reuse_raw = (
+        not force
+        and storage.exists(raw_manifest_url)
+        and storage.read_json(raw_manifest_url) == json.loads(json.dumps(raw_manifest))
+    )
+    layout.prepare_output(config.output, manifest, force, keep_work=reuse_raw)
+    if not reuse_raw:
+        storage.write_json(raw_manifest_url, raw_manifest)
+
+    selection = layout.read_selection(config.input)
+    has_url = pc.and_(
+        pc.is_valid(selection.column("url")), pc.not_equal(selection.column("url"), "")
+    )
+    no_url = selection.filter(pc.invert(pc.fill_null(has_url, False)))
+    to_fetch = selection.filter(pc.fill_null(has_url, False)).sort_by("uid")
+    urls = storage.join(work, "urls.parquet")
+    fs, urls_path = storage.url_to_fs(urls)
+    if not fs.exists(urls_path):
+        with atomic_open(fs, urls_path) as f:
+            pq.write_table(to_fetch, f)
+
+    processes = spark.sparkContext.defaultParallelism
+    env = {"NO_ALBUMENTATIONS_UPDATE": "1", **s3.worker_environment()}
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if to_fetch.num_rows:
+        import img2dataset
+
+        with use_session_for_img2dataset(spark, env):
+            img2dataset.download(**img2dataset_arguments(config, urls, raw, processes))
+    expected = math.ceil(to_fetch.num_rows / config.download_shard_size)
+    raw_fs, raw_path = storage.url_to_fs(raw)
+    done = {p.rsplit("/", 1)[-1].split("_")[0] for p in raw_fs.glob(f"{raw_path}/*_stats.json")}
+    missing = [f"{i:05d}" for i in range(expected) if f"{i:05d}" not in done]
+    if missing:
+        raise RuntimeError(
+            f"download: {len(missing)} of {expected} download shard(s) failed "
+            f"(first: {missing[0]}); rerun the same command to retry only those"
+        )
+    status = read_raw_status(raw)
+    dstats = download_stats(raw, status, selection.num_rows, no_url.num_rows)
+    dstats["seconds"] = round(time.perf_counter() - started, 2)
+    log.info(
+        "download: %d of %d urls downloaded; failures %s",
+        dstats["successes"],
+        dstats["urls"],
+        dstats["failures_by_reason"],
+    )
+    if dstats["successes"] == 0:
+        raise storage.StageInputError(
+            f"download: none of the {selection.num_rows:,} selected URLs could be downloaded "
+            f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error"
+        )
+    sources = [layout.with_protocol(raw, p) for p in sorted(raw_fs.glob(f"{raw_path}/*.tar"))]
+    outcome = reshard_into(
+        spark,
+        sources,
+        spark.createDataFrame(selection),
+        config.output,
+        config.samples_per_shard,
+        config.shuffle,
+        config.seed,
+        "uid",
+        s3,
+    )
+    stats = {**outcome.stats, "download": dstats}
+    stats["rejects"] = _write_download_rejects(config.output, status, no_url)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    layout.commit_output(config.output, outcome.sizes, stats, keep_work=config.keep_raw)
+    log.info(
+        "download: %d samples in %d shards (%.1f s) -> %s",
+        stats["written_samples"],
+        len(outcome.sizes),
+        stats["seconds"],
+        config.output,
+    )
+    return ShardSetResult("download", config.output, outcome.sizes, stats)
+
+
+def _write_download_rejects(output: str, status: pa.Table, no_url: pa.Table) -> int:
+    failed = status.filter(pc.not_equal(status.column("status"), "success"))
+    reasons = [
+        failure_reason(s, m)
+        for s, m in zip(
+            failed.column("status").to_pylist(), failed.column("error_message").to_pylist()
+        )
+    ]
+    table = pa.table(
+        {
+            "uid": pa.concat_arrays(
+                [failed.column("uid").combine_chunks(), no_url.column("uid").combine_chunks()]
+            ),
+            "url": pa.concat_arrays(
+                [
+                    failed.column("url").combine_chunks(),
+                    no_url.column("url").cast(pa.string()).combine_chunks(),
+                ]
+            ),
+            "reason": pa.array(reasons + ["no_url"] * no_url.num_rows, pa.string()),
+            "error_message": pa.concat_arrays(
+                [
+                    failed.column("error_message").cast(pa.string()).combine_chunks(),
+                    pa.nulls(no_url.num_rows, pa.string()),
+                ]
+            ),
+        }
+    ).sort_by("uid")
+    fs, path = storage.url_to_fs(storage.join(output, layout.REJECTS))
+    with atomic_open(fs, path) as f:
+        pq.write_table(table, f)
+    return table.num_rows
+
+
+def _run(config: DownloadConfig, spark: SparkSession, force: bool) -> ShardSetResult:
+    return run_download(spark, config, force)
+
+
+COMMAND = Command(
+    name="download",
+    help="download the selected URLs with img2dataset into a balanced WebDataset shard set",
+    config_cls=DownloadConfig,
+    section="download",
+    run=_run,
+)
