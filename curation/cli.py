@@ -63,7 +63,8 @@ COMMAND_MODULES = {
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)
 
 
-def _load(name: str) -> Command:
+def load_command(name: str) -> Command:
+    """The :class:`Command` of subcommand ``name`` (imports its module)."""
     return importlib.import_module(COMMAND_MODULES[name]).COMMAND
 
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"curation {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        command = _load(name)
+        command = load_command(name)
         p = sub.add_parser(name, help=command.help, description=command.help)
         p.add_argument("--config", help="YAML or TOML config file; this stage reads its section")
         p.add_argument(
@@ -98,7 +99,57 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="Spark master when not under spark-submit (default: local[*])",
             )
+    p = sub.add_parser(
+        "run",
+        help="run every stage of a config file in order, skipping what is up to date",
+        description="Run every stage of a config file in order on one Spark session; "
+        "stages whose inputs and options did not change are skipped.",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML or TOML config file (run section + one section per stage)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set balance.method=rake",
+    )
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and Spark logs")
+    p.add_argument(
+        "--master",
+        default=None,
+        help="Spark master when not under spark-submit (default: local[*])",
+    )
     return parser
+
+
+def _spark_config(file_data: dict[str, Any], source: str, args: argparse.Namespace) -> SparkConfig:
+    config = build_config(SparkConfig, "spark", argparse.Namespace(), file_data, source)
+    if args.master:
+        config.master = args.master
+    if args.debug:
+        config.log_level = "WARN"
+    return config
+
+
+def _run_pipeline(args: argparse.Namespace) -> Any:
+    from curation.stages.run import run_pipeline
+
+    file_data = apply_overrides(load_config_file(args.config), args.overrides)
+    spark_config = _spark_config(file_data, args.config, args)
+    session: list[Any] = []
+
+    def lazy_spark() -> Any:
+        if not session:
+            session.append(get_spark(spark_config))
+        return session[0]
+
+    return run_pipeline(file_data, lazy_spark, args.force, args.config)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -114,7 +165,9 @@ def _setup_logging(debug: bool) -> None:
 def run_command(argv: Sequence[str]) -> Any:
     """Parse ``argv`` and run the subcommand; returns its result (raises on errors)."""
     args = build_parser().parse_args(argv)
-    command = _load(args.command)
+    if args.command == "run":
+        return _run_pipeline(args)
+    command = load_command(args.command)
     file_data: dict[str, Any] = {}
     source = "<command line>"
     if args.config:
@@ -122,14 +175,7 @@ def run_command(argv: Sequence[str]) -> Any:
         source = args.config
     file_data = apply_overrides(file_data, args.overrides)
     config = build_config(command.config_cls, command.section, args, file_data, source)
-    spark = None
-    if command.needs_spark:
-        spark_config = build_config(SparkConfig, "spark", argparse.Namespace(), file_data, source)
-        if args.master:
-            spark_config.master = args.master
-        if args.debug:
-            spark_config.log_level = "WARN"
-        spark = get_spark(spark_config)
+    spark = get_spark(_spark_config(file_data, source, args)) if command.needs_spark else None
     return command.run(config, spark, args.force)
 
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Built matchers are cached on disk between runs; tests keep theirs apart from the user's cache.
+os.environ["CURATION_CACHE"] = tempfile.mkdtemp(prefix="curation-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -31,10 +31,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from importlib.metadata import version as _package_version
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,7 +47,7 @@ from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType
 
 from curation import storage
 from curation.cli import Command
-from curation.matching import LanguageMatcher, Matcher, cached_matcher
+from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher
 from curation.metadata import is_metadata_directory, load_language_lists, load_metadata
 from curation.pool import read_pool
 
@@ -113,21 +115,37 @@ class MatchConfig:
     )
 
 
-_MATCHER_FILES: set[str] = set()
+def matcher_cache_dir() -> str:
+    """Where built matchers are kept between runs: ``$CURATION_CACHE/matchers`` (default
+    ``~/.cache/curation/matchers``). Building a 500k-entry automaton costs seconds; loading its
+    pickle a fraction of that."""
+    root = os.environ.get("CURATION_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "curation"
+    )
+    return os.path.join(root, "matchers")
 
 
-def ship_matcher(spark: SparkSession, matcher: Matcher, fingerprint: str) -> str:
-    """Pickle the matcher once and register it with ``addFile``; returns the file's name.
+def ship_matcher(
+    spark: SparkSession, build: Callable[[], Matcher | LanguageMatcher], fingerprint: str
+) -> str:
+    """Make the matcher available to this session's workers; returns the file's name.
 
-    Workers load it from ``SparkFiles`` once per Python process (spark-notes pitfalls 1 and 2).
+    The pickle is named by the fingerprint of the lists, options, pyahocorasick and Python
+    versions, built only when it is not cached on disk yet, and registered with ``addFile`` once
+    per Spark session. Workers load it from ``SparkFiles`` once per Python process (spark-notes
+    pitfalls 1 and 2).
     """
     name = f"matcher-{fingerprint}.pkl"
-    if name not in _MATCHER_FILES:
-        directory = tempfile.mkdtemp(prefix="curation-matcher-")
-        path = os.path.join(directory, name)
-        matcher.save(path)
-        spark.sparkContext.addFile(path)
-        _MATCHER_FILES.add(name)
+    if any(os.path.basename(f) == name for f in spark.sparkContext.listFiles):
+        return name
+    directory = matcher_cache_dir()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        build().save(tmp)
+        os.replace(tmp, path)
+    spark.sparkContext.addFile(path)
     return name
 
 
@@ -168,8 +186,17 @@ def derived_uid(url: Column, caption: Column) -> Column:
     )
 
 
+def ahocorasick_version() -> str:
+    try:
+        return _package_version("pyahocorasick")
+    except Exception:  # noqa: BLE001 - an unusual install; the pickle is still keyed by content
+        return "unknown"
+
+
 def metadata_fingerprint(entries: list[str], casefold: bool) -> str:
-    digest = hashlib.sha256(b"casefold" if casefold else b"exact")
+    """Identifies a matcher pickle: the entries, the options, and the versions that shape it."""
+    versions = f"{ahocorasick_version()} py{sys.version_info.major}.{sys.version_info.minor}"
+    digest = hashlib.sha256((b"casefold " if casefold else b"exact ") + versions.encode())
     for entry in entries:
         digest.update(entry.encode() + b"\n")
     return digest.hexdigest()[:16]
@@ -235,7 +262,7 @@ class LoadedMetadata:
     """The list(s) a match run uses: entries in the shared id space, the matcher, and a summary."""
 
     entries: list[str]
-    matcher: Matcher | LanguageMatcher
+    build: Callable[[], Matcher | LanguageMatcher]
     summary: dict
     languages: list[dict] | None = None
 
@@ -244,19 +271,26 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
     """One list, or a directory of per-language lists sharing one id space (MetaCLIP 2)."""
     if not is_metadata_directory(config.metadata):
         metadata = load_metadata(config.metadata, drop_duplicates=config.drop_duplicate_entries)
-        matcher = Matcher(metadata.entries, casefold=config.casefold)
-        return LoadedMetadata(metadata.entries, matcher, metadata.summary())
+        if config.casefold:
+            KeyTable.build(metadata.entries, casefold=True)  # reports merges, even when cached
+        return LoadedMetadata(
+            metadata.entries,
+            partial(Matcher, metadata.entries, casefold=config.casefold),
+            metadata.summary(),
+        )
     if not config.lang_col:
         raise ValueError(
             f"{config.metadata} is a directory of per-language lists: name the pool's language "
             "column with --lang-col"
         )
     lists = load_language_lists(config.metadata, drop_duplicates=config.drop_duplicate_entries)
-    matcher = LanguageMatcher({lang: m.entries for lang, m in lists.items()}, config.casefold)
-    languages = [
-        {"lang": lang, "offset": matcher.offsets[lang], "entries": len(m), "source": m.source}
-        for lang, m in lists.items()
-    ]
+    languages, offset = [], 0
+    for lang, m in lists.items():  # sorted by language, as LanguageMatcher assigns offsets
+        languages.append({"lang": lang, "offset": offset, "entries": len(m), "source": m.source})
+        offset += len(m)
+    build = partial(
+        LanguageMatcher, {lang: m.entries for lang, m in lists.items()}, config.casefold
+    )
     entries = [e for m in lists.values() for e in m.entries]
     summary = {
         "source": config.metadata,
@@ -264,7 +298,7 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
         "languages": languages,
         "unmatchable_entries": sum(len(m.unmatchable) for m in lists.values()),
     }
-    return LoadedMetadata(entries, matcher, summary, languages)
+    return LoadedMetadata(entries, build, summary, languages)
 
 
 def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> MatchResult:
@@ -298,7 +332,7 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
         [f"{lang['lang']}:{lang['offset']}" for lang in loaded.languages or []] + loaded.entries,
         config.casefold,
     )
-    matcher_file = ship_matcher(spark, loaded.matcher, fingerprint)
+    matcher_file = ship_matcher(spark, loaded.build, fingerprint)
     lang_col = config.lang_col if loaded.languages is not None else ""
 
     with storage.atomic_directory(config.output, manifest) as tmp:

@@ -1,0 +1,172 @@
+"""``curate run``: every stage of a run, in order, from one config file, on one Spark session.
+
+    curate run --config run.yaml [--set balance.cap=20000 ...] [--force]
+
+The config file has a ``run`` section and one section per stage (the same sections every stage
+command reads with ``--config``)::
+
+    run:
+      dir: runs/laion            # every stage's output goes below this directory
+      pool: s3://bucket/pool/    # the input pool (match's input)
+      stages: [match, count, balance, select, download, report]   # optional
+    spark: {master: "local[*]"}
+    match: {caption_col: TEXT}
+    count: {margins: [language]}
+    balance: {method: rake, target_fraction: 0.25}
+    select: {seed: 0}
+    download: {image_size: 256}
+
+Paths a stage needs and the config leaves empty are filled in from ``run.dir`` (``matched/``,
+``counts/``, ``balance/``, ``selected/``, ``shards/``, ``report/``), so a section only holds what
+differs from the defaults. Each stage skips itself when its output's manifest matches its inputs
+and options (``--force`` reruns all), so a second ``curate run`` does nothing, and a run killed in
+a stage resumes at that stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from curation import storage
+from curation.cli import Command, load_command
+from curation.config import ConfigError, from_mapping
+
+log = logging.getLogger(__name__)
+
+#: Stages in pipeline order, and the stage sections ``run`` knows.
+ORDER = (
+    "demo-pool",
+    "metadata",
+    "match",
+    "count",
+    "balance",
+    "select",
+    "download",
+    "reshard",
+    "report",
+)
+SECTIONS = {"demo-pool": "demo"}
+DEFAULT_STAGES = ("match", "count", "balance", "select")
+
+
+@dataclass
+class RunSection:
+    """The ``run`` section of a config file."""
+
+    dir: str = field(default="", metadata={"help": "run directory: every stage writes below it"})
+    pool: str = field(default="", metadata={"help": "input pool (match's input)"})
+    stages: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "stages to run, in pipeline order (default: match, count, balance, select, plus download, reshard and report when their sections are present)"
+        },
+    )
+
+
+def _defaults(stage: str, run: RunSection, ran: set[str]) -> dict[str, str]:
+    """Paths a stage gets from the run directory when its section leaves them empty."""
+    d = run.dir.rstrip("/")
+    paths = {
+        "demo-pool": {"output": f"{d}/pool"},
+        "metadata": {"output": f"{d}/metadata.json"},
+        "match": {
+            "input": run.pool or (f"{d}/pool" if "demo-pool" in ran else ""),
+            "output": f"{d}/matched",
+        },
+        "count": {"input": f"{d}/matched", "output": f"{d}/counts"},
+        "balance": {"input": f"{d}/matched", "counts": f"{d}/counts", "output": f"{d}/balance"},
+        "select": {"input": f"{d}/matched", "weights": f"{d}/balance", "output": f"{d}/selected"},
+        "download": {"input": f"{d}/selected", "output": f"{d}/shards"},
+        "reshard": {"selected": f"{d}/selected", "output": f"{d}/shards"},
+        "report": {"run": d},
+    }[stage]
+    if stage == "match" and "metadata" in ran:
+        paths["metadata"] = f"{d}/metadata.json"
+    return paths
+
+
+def plan_stages(run: RunSection, data: dict[str, Any]) -> list[str]:
+    """The stages to run, in pipeline order; unknown names are errors."""
+    if run.stages:
+        unknown = [s for s in run.stages if s not in ORDER]
+        if unknown:
+            raise ConfigError(
+                f"run.stages: unknown stage {unknown[0]!r}; stages are {', '.join(ORDER)}"
+            )
+        return [s for s in ORDER if s in run.stages]
+    extra = [s for s in ("download", "reshard", "report") if SECTIONS.get(s, s) in data]
+    if "download" in extra and "reshard" in extra:
+        raise ConfigError("a run writes one shard set: configure download or reshard, not both")
+    return [s for s in ORDER if s in DEFAULT_STAGES or s in extra]
+
+
+def stage_config(
+    stage: str, command: Command, data: dict[str, Any], run: RunSection, ran: set[str], source: str
+) -> Any:
+    section = dict(data.get(SECTIONS.get(stage, stage)) or {})
+    names = {f.name for f in fields(command.config_cls)}
+    for key, value in _defaults(stage, run, ran).items():
+        if key in names and not section.get(key):
+            section[key] = value
+    return from_mapping(command.config_cls, section, f"{source}: {SECTIONS.get(stage, stage)}")
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    stages: list[dict] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"run: {self.run_dir}"]
+        for s in self.stages:
+            state = "skipped (up to date)" if s["skipped"] else f"done in {s['seconds']:.1f} s"
+            lines.append(f"  {s['stage']:<10} {state}")
+        return "\n".join(lines)
+
+
+def run_pipeline(
+    data: dict[str, Any],
+    get_spark: Callable[[], Any],
+    force: bool = False,
+    source: str = "<config>",
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """Run the stages of ``data`` (a parsed config file) in order on one Spark session."""
+    run = from_mapping(RunSection, dict(data.get("run") or {}), f"{source}: run")
+    if not run.dir:
+        raise ConfigError(f"{source}: run.dir is required (the directory every stage writes below)")
+    known = {"run", "spark", *(SECTIONS.get(s, s) for s in ORDER)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section {unknown[0]!r}; sections are {', '.join(sorted(known))}"
+        )
+    stages = plan_stages(run, data)
+    commands = {stage: load_command(stage) for stage in stages}
+    result = RunResult(run.dir)
+    ran: set[str] = set()
+    for number, stage in enumerate(stages, 1):
+        command = commands[stage]
+        config = stage_config(stage, command, data, run, ran | set(stages[:number]), source)
+        echo(f"[{number}/{len(stages)}] {stage}")
+        started = time.perf_counter()
+        outcome = command.run(config, get_spark() if command.needs_spark else None, force)
+        seconds = time.perf_counter() - started
+        skipped = bool(
+            getattr(outcome, "skipped", False)
+            or (getattr(outcome, "summary", {}) or {}).get("skipped")
+        )
+        printer = getattr(outcome, "report", None)
+        if callable(printer):
+            echo(printer())
+        echo(
+            f"[{number}/{len(stages)}] {stage} {'skipped (up to date)' if skipped else 'done'} in {seconds:.1f} s"
+        )
+        result.stages.append({"stage": stage, "seconds": round(seconds, 2), "skipped": skipped})
+        ran.add(stage)
+    storage.write_json(storage.join(run.dir, "_run.json"), {"stages": result.stages})
+    return result
