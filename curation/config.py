@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -139,18 +138,70 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
 
-def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types name ``where.key``."""
+def key_line(path: str, section: str, key: str | None = None) -> int | None:
+    """The 1-based line of ``section.key`` (or of ``section``) in a YAML or TOML config file."""
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if path.endswith(".toml"):
+        lines = text.splitlines()
+        in_section = False
+        for number, line in enumerate(lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                in_section = stripped.strip("[] ") == section
+                if in_section and key is None:
+                    return number
+            elif in_section and key and stripped.split("=", 1)[0].strip() == key:
+                return number
+        return None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    for name in [section] + ([key] if key else []):
+        if not isinstance(root, yaml.MappingNode):
+            return None
+        for key_node, value_node in root.value:
+            if key_node.value == name:
+                if name == key or key is None:
+                    return key_node.start_mark.line + 1
+                root = value_node
+                break
+        else:
+            return None
+    return None
+
+
+def from_mapping(
+    cls: type[T], data: dict[str, Any], where: str, *, path: str = "", section: str = ""
+) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types name ``where.key``,
+    and, when the data came from the config file ``path``, the key's line in it."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of options, got {data!r}")
+        line = key_line(path, section) if path else None
+        at = f" (line {line})" if line else ""
+        raise ConfigError(f"{where}{at}: expected a mapping of options, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def at(key: str) -> str:
+        line = key_line(path, section, key) if path else None
+        return f" (line {line})" if line else ""
+
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+            f"{where}: unknown key {unknown[0]!r}{at(unknown[0])}; known keys: "
+            f"{', '.join(sorted(fields))}"
         )
-    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        try:
+            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{at(name)}") from exc
     return cls(**kwargs)
 
 
@@ -207,27 +258,12 @@ def build_config(
 ) -> T:
     """Defaults < config-file section < explicit flags, checked against ``cls``."""
     section_data = (file_data or {}).get(section, {}) or {}
+    path = "" if source.startswith("<") else source
     if not isinstance(section_data, dict):
-        raise ConfigError(
-            f"{source}: {section}: expected a mapping of options, got {section_data!r}"
-        )
+        return from_mapping(cls, section_data, f"{source}: {section}", path=path, section=section)
     data = dict(section_data)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(args, f.name, None)
         if value is not None:
             data[f.name] = value
-    return from_mapping(cls, data, f"{source}: {section}")
-
-
-def main_section_keys(data: dict[str, Any], known: Sequence[str], source: str) -> None:
-    """Reject unknown top-level sections of a config file."""
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown section {unknown[0]!r}; known sections: {', '.join(sorted(known))}"
-        )
-
-
-def die(message: str) -> typing.NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    return from_mapping(cls, data, f"{source}: {section}", path=path, section=section)

@@ -79,6 +79,18 @@ def test_config_file_overrides_and_flags(spark, small_pool, capsys):
     assert not (small_pool / "wrong").exists()
 
 
+def test_toml_errors_name_the_line(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[spark]\nmaster = "local[1]"\n\n[match]\ninput = "x"\nmax_caption_chars = "many"\n'
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"run.toml: match.max_caption_chars: expected an integer, got 'many' \(line 6\)",
+    ):
+        run_command(["match", "--config", str(config), "--output", "y"])
+
+
 def test_toml_config(spark, small_pool):
     config = small_pool / "run.toml"
     config.write_text(
@@ -91,13 +103,16 @@ def test_toml_config(spark, small_pool):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("match:\n  captionn_col: text\n", "run.yaml: match: unknown key 'captionn_col'"),
+        ("match:\n  captionn_col: text\n", "run.yaml: match: unknown key 'captionn_col' (line 2)"),
         (
-            "match:\n  max_caption_chars: lots\n",
-            "run.yaml: match.max_caption_chars: expected an integer, got 'lots'",
+            "# comment\nmatch:\n  casefold: true\n  max_caption_chars: lots\n",
+            "run.yaml: match.max_caption_chars: expected an integer, got 'lots' (line 4)",
         ),
-        ("match:\n  casefold: maybe\n", "match.casefold: expected true or false"),
-        ("match: [1, 2]\n", "match: expected a mapping"),
+        (
+            "match:\n  casefold: maybe\n",
+            "match.casefold: expected true or false, got 'maybe' (line 2)",
+        ),
+        ("match: [1, 2]\n", "match (line 1): expected a mapping"),
     ],
 )
 def test_config_errors_name_the_key_and_file(tmp_path, content, message):
@@ -179,3 +194,49 @@ def test_spark_submit_runs_the_match_and_count_jobs(tmp_path):
     assert "count: 4 samples, 3 matched" in done.stdout
     counts = pq.read_table(tmp_path / "c" / "entry_counts.parquet").column("count").to_pylist()
     assert counts == [sum(j in naive_match(c, entries) for c in captions) for j in range(3)]
+
+
+def test_curate_run_runs_every_stage_then_skips_what_is_up_to_date(spark, tmp_path):
+    entries = [f"w{i}" for i in range(300)]
+    (tmp_path / "meta.json").write_text(json.dumps(entries))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"run:\n  dir: {tmp_path / 'run'}\n  stages: [demo-pool, match, count, balance, select]\n"
+        f"demo:\n  rows: 3000\n  files: 2\n  metadata: {tmp_path / 'meta.json'}\n  vocabulary: 200\n"
+        f"match:\n  metadata: {tmp_path / 'meta.json'}\n"
+        "count:\n  margins: [source]\n"
+        "balance:\n  method: metaclip\n  cap: 20\n"
+    )
+    first = run_command(["run", "--config", str(config)])
+    assert [s["stage"] for s in first.stages] == [
+        "demo-pool",
+        "match",
+        "count",
+        "balance",
+        "select",
+    ]
+    assert not any(s["skipped"] for s in first.stages)
+    for name in ("pool", "matched", "counts", "balance", "selected"):
+        assert (tmp_path / "run" / name / "_SUCCESS").exists(), name
+    again = run_command(["run", "--config", str(config)])
+    assert all(s["skipped"] for s in again.stages)
+    changed = run_command(["run", "--config", str(config), "--set", "balance.cap=10"])
+    assert {s["stage"]: s["skipped"] for s in changed.stages} == {
+        "demo-pool": True,
+        "match": True,
+        "count": True,
+        "balance": False,
+        "select": False,
+    }
+    summary = json.loads((tmp_path / "run" / "balance" / "summary.json").read_text())
+    assert summary["t"] == 10
+
+
+def test_curate_run_rejects_unknown_sections_and_stages(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("run:\n  dir: x\nbalanse:\n  cap: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'balanse' \(line 3\)"):
+        run_command(["run", "--config", str(config)])
+    config.write_text("run:\n  dir: x\n  stages: [match, cont]\n")
+    with pytest.raises(ConfigError, match="unknown stage 'cont'"):
+        run_command(["run", "--config", str(config)])

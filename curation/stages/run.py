@@ -33,7 +33,7 @@ from typing import Any
 
 from curation import storage
 from curation.cli import Command, load_command
-from curation.config import ConfigError, from_mapping
+from curation.config import ConfigError, from_mapping, key_line
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def stage_config(
     for key, value in _defaults(stage, run, ran).items():
         if key in names and not section.get(key):
             section[key] = value
-    return from_mapping(command.config_cls, section, f"{source}: {SECTIONS.get(stage, stage)}")
+    name = SECTIONS.get(stage, stage)
+    return from_mapping(command.config_cls, section, f"{source}: {name}", path=source, section=name)
 
 
 @dataclass
@@ -136,14 +137,18 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
 ) -> RunResult:
     """Run the stages of ``data`` (a parsed config file) in order on one Spark session."""
-    run = from_mapping(RunSection, dict(data.get("run") or {}), f"{source}: run")
+    run = from_mapping(
+        RunSection, dict(data.get("run") or {}), f"{source}: run", path=source, section="run"
+    )
     if not run.dir:
         raise ConfigError(f"{source}: run.dir is required (the directory every stage writes below)")
     known = {"run", "spark", *(SECTIONS.get(s, s) for s in ORDER)}
     unknown = sorted(set(data) - known)
     if unknown:
+        line = key_line(source, unknown[0])
         raise ConfigError(
-            f"{source}: unknown section {unknown[0]!r}; sections are {', '.join(sorted(known))}"
+            f"{source}: unknown section {unknown[0]!r}{f' (line {line})' if line else ''}; "
+            f"sections are {', '.join(sorted(known))}"
         )
     stages = plan_stages(run, data)
     commands = {stage: load_command(stage) for stage in stages}
