@@ -209,3 +209,16 @@ def test_uncounted_margin_and_repeats_without_replacement_weights(spark, matched
     ).output
     with pytest.raises(ValueError, match="solved without replacement"):
         run_select(spark, SelectConfig(input=matched_dir, weights=b, output=str(root / "s-x"), with_replacement=True))
+
+
+def test_all_eligible_keeps_every_positive_probability_once(spark, matched):
+    root, matched_dir, counts = matched
+    b = run_balance(
+        spark, BalanceConfig(input=matched_dir, counts=counts, output=str(root / "b-all"), method="metaclip", cap=4)
+    ).output
+    s = run_select(spark, SelectConfig(input=matched_dir, weights=b, output=str(root / "s-all"), all_eligible=True)).output
+    weights = weights_of(b)
+    selected = pq.read_table(os.path.join(s, "selected")).to_pylist()
+    assert {r["uid"] for r in selected} == {u for u, w in weights.items() if w["inclusion_prob"] > 0}
+    assert all(r["repeats"] == 1 and r["inclusion_prob"] > 0 for r in selected)
+    assert any(r["inclusion_prob"] < 1 for r in selected)

@@ -10,6 +10,10 @@ partitioning, any rerun.
 π_i is recomputed here from the balance stage's ``params.json`` with the same function that wrote
 its ``weights/`` (no join of the pool with the weights, so no shuffle).
 
+With ``all_eligible`` every sample with π_i > 0 is kept once (no draw), with its π_i: the set for
+applying the inclusion probability online, a fresh draw per epoch (MetaCLIP 2 style; see
+``docs/shards.md``).
+
 Output directory (committed atomically)::
 
     selected/      Parquet: every matched-pool column + weight, inclusion_prob, repeats (int32 ≥ 1)
@@ -52,15 +56,25 @@ class SelectConfig:
         default=False,
         metadata={"help": "draw integer repeats (needs a balance run solved --with-replacement)"},
     )
+    all_eligible: bool = field(
+        default=False,
+        metadata={
+            "help": "keep every sample with π > 0 (no draw), to apply inclusion_prob online per epoch"
+        },
+    )
 
 
-def _select_partition(batches, broadcast, key: str, seed: int, with_replacement: bool):
+def _select_partition(
+    batches, broadcast, key: str, seed: int, with_replacement: bool, all_eligible: bool = False
+):
     """mapInArrow body: score, draw, and keep the selected rows with weight, π and repeats."""
     params = cached_params(broadcast, key)
     for batch in batches:
         weight, pi = score_arrow(params, batch)
         u = hash_uniform(batch.column("uid"), seed)
-        if with_replacement:
+        if all_eligible:
+            repeats = (pi > 0).astype(np.int64)
+        elif with_replacement:
             repeats = draw_repeats(u, expected_repeats(params, weight))
         else:
             repeats = select_mask(u, pi).astype(np.int64)
@@ -85,7 +99,12 @@ def _expected_partition(batches, broadcast, key: str, with_replacement: bool):
 
 
 def select_pool(
-    pool: DataFrame, broadcast, key: str, seed: int, with_replacement: bool
+    pool: DataFrame,
+    broadcast,
+    key: str,
+    seed: int,
+    with_replacement: bool,
+    all_eligible: bool = False,
 ) -> DataFrame:
     schema = StructType(
         [
@@ -102,6 +121,7 @@ def select_pool(
             key=key,
             seed=seed,
             with_replacement=with_replacement,
+            all_eligible=all_eligible,
         ),
         schema,
     )
@@ -158,6 +178,8 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
     params = ScoreParams.from_json(
         storage.read_bytes(storage.join(config.weights, "params.json")).decode()
     )
+    if config.with_replacement and config.all_eligible:
+        raise ValueError("--all-eligible keeps every sample once; it excludes --with-replacement")
     if config.with_replacement and params.repeat_scale is None:
         raise ValueError(
             f"{config.weights}: these weights were solved without replacement; rerun balance with "
@@ -165,7 +187,11 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
         )
     manifest = storage.make_manifest(
         "select",
-        {"seed": config.seed, "with_replacement": config.with_replacement},
+        {
+            "seed": config.seed,
+            "with_replacement": config.with_replacement,
+            "all_eligible": config.all_eligible,
+        },
         {"matched": config.input, "weights": config.weights},
     )
     if not force and storage.is_up_to_date(config.output, manifest):
@@ -179,9 +205,10 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
     try:
         with storage.atomic_directory(config.output, manifest) as tmp:
             selected_url = storage.join(tmp, "selected")
-            select_pool(pool, broadcast, key, config.seed, config.with_replacement).write.parquet(
-                storage.spark_url(selected_url)
+            selection = select_pool(
+                pool, broadcast, key, config.seed, config.with_replacement, config.all_eligible
             )
+            selection.write.parquet(storage.spark_url(selected_url))
             selected = spark.read.parquet(storage.spark_url(selected_url))
             halves = subset_halves(selected)
             buffer = io.BytesIO()
@@ -206,6 +233,7 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
                 "stage": "select",
                 "seed": config.seed,
                 "with_replacement": config.with_replacement,
+                "all_eligible": config.all_eligible,
                 "method": params.method,
                 "expected_size": float(expected or 0.0),
                 "selected": int(counts[0]),
