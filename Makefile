@@ -8,15 +8,12 @@ CURATE := $(VENV)/bin/curate
 CONFIG ?=
 ARGS ?=
 RUN ?= runs/demo
-DEMO_ROWS ?= 200000
-DEMO_METHOD ?= rake
-DEMO_TARGET ?= 20000
 DEMO_IMAGE_PORT ?= 18765
 STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo test lint format metadata demo-pool match count balance select download reshard bench-match bench-balance bench-shards clean-demo
+.PHONY: install demo run test test-cluster lint format metadata demo-pool match count balance select download reshard report bench-match bench-balance bench-shards clean-demo
 
 # The virtual environment is (re)built when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -28,24 +25,28 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The whole pipeline on the built-in demo pool, on an in-process local[*] Spark session.
+# The whole pipeline on the built-in demo pool (configs/demo.yaml), after starting a loopback image
+# server that stands in for the web (the demo pool's URLs point at it).
 demo: install
 	@mkdir -p $(RUN)
-	@# A loopback image server stands in for the web: the demo pool's URLs point at it.
 	$(PY) -m curation.shards.demo_server --port $(DEMO_IMAGE_PORT) --port-file $(RUN)/image-server.port --max-seconds 3600 & echo $$! > $(RUN)/image-server.pid
 	@for i in $$(seq 50); do test -s $(RUN)/image-server.port && break; sleep 0.2; done
 	@set -e; trap 'kill $$(cat $(RUN)/image-server.pid) 2>/dev/null || true' EXIT; \
-	$(CURATE) demo-pool --output $(RUN)/pool --rows $(DEMO_ROWS) --url-prefix http://127.0.0.1:$(DEMO_IMAGE_PORT)/images/ $(ARGS); \
-	$(CURATE) match --input $(RUN)/pool --output $(RUN)/matched; \
-	$(CURATE) count --input $(RUN)/matched --output $(RUN)/counts --margin source; \
-	$(CURATE) balance --input $(RUN)/matched --counts $(RUN)/counts --output $(RUN)/balance --method $(DEMO_METHOD) --target-size $(DEMO_TARGET); \
-	$(CURATE) select --input $(RUN)/matched --weights $(RUN)/balance --output $(RUN)/selected --seed 0; \
-	$(CURATE) download --input $(RUN)/selected --output $(RUN)/shards --image-size 64 --samples-per-shard 1000 --timeout 5; \
+	$(CURATE) run --config configs/demo.yaml --set run.dir=$(RUN) \
+	  --set demo.url_prefix=http://127.0.0.1:$(DEMO_IMAGE_PORT)/images/ $(ARGS); \
 	$(PY) -m curation.shards.verify $(RUN)/shards
-	@echo "demo run written to $(RUN)/"
+	@echo "demo run written to $(RUN)/ (report: $(RUN)/report/index.html)"
+
+# Every stage of CONFIG in order, skipping those that are up to date.
+run: install
+	@test -n "$(CONFIG)" || { echo "usage: make run CONFIG=run.yaml [ARGS='--set balance.cap=20000']"; exit 2; }
+	$(CURATE) run --config $(CONFIG) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-cluster: install
+	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check curation jobs tests bench
@@ -80,6 +81,9 @@ download: install
 
 reshard: install
 	$(CURATE) reshard $(STAGE_ARGS)
+
+report: install
+	$(CURATE) report $(STAGE_ARGS)
 
 bench-shards: install
 	$(PY) bench/bench_shards.py $(ARGS)

@@ -58,6 +58,7 @@ COMMAND_MODULES = {
     "select": "curation.stages.select",
     "download": "curation.stages.download",
     "reshard": "curation.stages.reshard",
+    "report": "curation.stages.report",
 }
 
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)
@@ -180,17 +181,50 @@ def run_command(argv: Sequence[str]) -> Any:
 
 
 _PYTHON_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$")
+# The Java exception of a Py4JJavaError (": org.apache.spark.SparkException: [CLASS] message").
+_JAVA_ERROR_LINE = re.compile(r"^: [\w.$]+: (?:\[([A-Z_.]+)\] )?(.*?)(?:\s+SQLSTATE: \w+)?$")
+_READ_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?$")
+_CAUSED_BY = re.compile(r"^Caused by: [\w.$]+: (.*)$")
 
 
 def describe_exception(exc: BaseException) -> str:
-    """One line for an unexpected error: for a failed Spark task, the Python error behind it."""
+    """One line for an unexpected error: for a failed Spark task, the Python error behind it;
+    for a file Spark cannot read (corrupt, truncated, unreadable), the file and the cause."""
     text = str(exc).strip()
-    found = [m for m in map(_PYTHON_ERROR_LINE.match, text.splitlines()) if m]
+    lines = text.splitlines()
+    java = [m for m in map(_JAVA_ERROR_LINE.match, lines) if m]
+    if java and (java[0].group(1) or "").startswith("FAILED_READ_FILE"):
+        where = _READ_FILE.search(java[0].group(2))
+        causes = [m.group(1).strip() for m in map(_CAUSED_BY.match, lines) if m]
+        cause = causes[0] if causes else java[0].group(2)
+        if len(cause) > 300:
+            cause = cause[:300] + "..."
+        name = where.group(1) if where else "an input file"
+        return (
+            f"cannot read {name}: {cause} (the file is corrupt, truncated or unreadable: "
+            "replace or remove it)"
+        )
+    found = [m for m in map(_PYTHON_ERROR_LINE.match, lines) if m]
     if found:
         name, message = found[-1].groups()
         return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if java:
+        return java[0].group(2).strip()
+    first = lines[0] if text else ""
+    described = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if type(exc).__name__ in _UNREACHABLE:
+        described += (
+            " (the object store did not answer; every request was retried --s3-retries times: "
+            "check --s3-endpoint-url and the network)"
+        )
+    return described
+
+
+# botocore's errors for an endpoint that refuses or never answers (matched by name: botocore is
+# imported lazily by s3fs).
+_UNREACHABLE = frozenset(
+    {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - Spark/Py4J errors: one line unless --debug
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
-            file=sys.stderr,
-        )
+        print(f"error: {describe_exception(exc)} (rerun with --debug for details)", file=sys.stderr)
         return 1
     printer = getattr(result, "report", None)
     if callable(printer):
