@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from curation.storage import StageInputError, spark_url, url_to_fs
 
@@ -144,10 +145,7 @@ def read_pool(
     else:
         df = reader.json(paths, mode="PERMISSIVE")
     if "_corrupt_record" in df.columns:
-        raise StageInputError(
-            f"{url}: some JSON lines could not be parsed; fix or remove them (Spark marks them in "
-            "_corrupt_record)"
-        )
+        raise StageInputError(_corrupt_json_message(df, url))
     roles = resolve_columns(df.columns, url, caption_col, url_col, uid_col)
     renames = {roles.caption: "caption", roles.url: "url"}
     if roles.uid:
@@ -159,3 +157,27 @@ def read_pool(
             )
     df = df.withColumnsRenamed(renames)
     return df, roles, fmt
+
+
+def _corrupt_json_message(df: DataFrame, url: str) -> str:
+    """How many JSON lines Spark could not parse, and the first one with its file.
+
+    Spark refuses queries that reference only ``_corrupt_record`` on a raw JSON scan, so the
+    rows are cached first; this runs only on the way to an error.
+    """
+    cached = df.withColumn("_source_file", F.input_file_name()).cache()
+    try:
+        bad = cached.filter(F.col("_corrupt_record").isNotNull())
+        n = bad.count()
+        first = bad.select("_source_file", "_corrupt_record").first()
+    finally:
+        cached.unpersist()
+    where = ""
+    if first is not None:
+        line = first["_corrupt_record"]
+        line = line if len(line) <= 200 else line[:200] + "..."
+        where = f", e.g. in {first['_source_file']}: {line!r}"
+    return (
+        f"{url}: {n} JSON line(s) could not be parsed (not JSON, or not valid UTF-8){where}; "
+        "fix or remove them"
+    )

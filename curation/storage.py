@@ -164,6 +164,13 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
 
     On any exception the temporary directory is removed and ``url`` is left as it was. Stale
     temporary directories of killed runs (``<url>.tmp-*``) are removed first.
+
+    The marker is written after the move, never moved: on an object store a "move" is a copy of
+    every file (in name order, so ``_SUCCESS`` would come early) followed by deletes, and a kill
+    in the middle must not leave a ``<url>`` that holds the marker but not all of its files. For
+    the same reason an older output's marker is deleted before the older output is moved away.
+    A kill at any point therefore leaves either the old committed output, or no output with a
+    marker (the next stage says "not found" or "incomplete"; the rerun cleans up).
     """
     fs, path = url_to_fs(url)
     path = path.rstrip("/")
@@ -176,17 +183,20 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
         yield protocol + tmp if protocol else tmp
         with fs.open(join(tmp, MANIFEST), "wb") as f:
             f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
-        fs.touch(join(tmp, SUCCESS))
+        old = None
         if fs.exists(path):
+            if fs.exists(join(path, SUCCESS)):
+                fs.rm(join(path, SUCCESS))  # un-commit first: see the docstring
             old = f"{path}.tmp-{uuid.uuid4().hex[:12]}-old"
             fs.mv(path, old, recursive=True)
-            fs.mv(tmp, path, recursive=True)
-            fs.rm(old, recursive=True)
         else:
             parent = path.rsplit("/", 1)[0]
             if parent:
                 fs.makedirs(parent, exist_ok=True)
-            fs.mv(tmp, path, recursive=True)
+        fs.mv(tmp, path, recursive=True)
+        fs.touch(join(path, SUCCESS))  # last: the output is whole
+        if old is not None:
+            fs.rm(old, recursive=True)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)

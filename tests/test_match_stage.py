@@ -157,6 +157,7 @@ def test_rejects_are_counted_and_kept_never_dropped(spark, tmp_path, metadata):
         "non_utf8": 2,
         "empty_caption": 2,
         "caption_too_long": 1,
+        "duplicate_uid": 0,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .blocks import BlockOperator, MemoryBlockOperator
 from .diagnostics import diagnostics, diagnostics_from_stats
 from .distributed import (
     DEFAULT_MAX_DRIVER_NNZ,
@@ -48,6 +49,7 @@ from .rake import (
     solve_dual,
 )
 from .signatures import SignatureTable, encode_margin, list_array_to_csr
+from .spark_operator import SparkOperator
 from .target_size import TargetSizeError, expected_size, solve_monotone, solve_prob_scale
 from .targets import EntryTarget, capped_targets, entry_target_distribution
 
@@ -56,12 +58,15 @@ __all__ = [
     "METHODS",
     "AggregateStats",
     "BalanceResult",
+    "BlockOperator",
     "EntryTarget",
     "LocalOperator",
+    "MemoryBlockOperator",
     "RakeSolution",
     "ScoreParams",
     "ScoreSums",
     "SignatureTable",
+    "SparkOperator",
     "TargetSizeError",
     "balance",
     "balance_factors",

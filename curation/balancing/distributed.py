@@ -1,15 +1,19 @@
 """Running a method on the driver or on Spark, and choosing between the two by size.
 
-Both executions run the same solver code (:mod:`.rake`, :mod:`.metaclip`, :mod:`.pair_balance`)
-against an operator (:mod:`.operators`): :class:`~.operators.LocalOperator` for a table on the
-driver, :class:`~.spark_operator.SparkOperator` for a table left on Spark.
+All executions run the same solver code (:mod:`.rake`, :mod:`.metaclip`, :mod:`.pair_balance`)
+against an operator (:mod:`.operators`):
 
-* :func:`run_method_on` — any operator; a Spark result carries ``stats`` (aggregated diagnostics
-  inputs) and ``info["execution"]``, and ``weight``/``pi`` are None (score the pool with
-  :func:`~.params.score_arrow` and the broadcast ``result.params``).
-* :func:`run_method_spark` — from a Spark DataFrame of the signature table.
-* :func:`choose_execution` / :func:`run_method_auto` — driver when the table is small enough
-  (``nnz ≤ max_driver_nnz`` and ``s ≤ max_driver_signatures``), else Spark.
+* :class:`~.operators.LocalOperator` — the table on the driver, SciPy sums (``run_method``: the
+  original driver results, bit for bit);
+* :class:`~.blocks.MemoryBlockOperator` — the table on the driver, reproducible (exact-binned)
+  sums: bit for bit the results of
+* :class:`~.spark_operator.SparkOperator` — the table left on Spark, for any partitioning.
+
+Entry points: :func:`run_method_on` (any operator; a result without per-signature arrays carries
+``stats`` and ``info["execution"]``), :func:`run_method_spark` (from a Spark DataFrame of the
+signature table), :func:`choose_execution` / :func:`run_method_auto` (driver when the table is
+small enough — ``nnz ≤ max_driver_nnz`` and ``s ≤ max_driver_signatures`` — else Spark; both
+branches reproducible, so the choice does not change the result).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from .blocks import MemoryBlockOperator
 from .metaclip import metaclip_on
-from .operators import LocalOperator, TableOperator
+from .operators import TableOperator
 from .pair_balance import balance_on
 from .params import METHODS, BalanceResult
 from .rake import rake_on
@@ -47,18 +52,23 @@ def choose_execution(
     return "driver" if nnz <= threshold and n_signatures <= max_signatures else "spark"
 
 
-def run_method_on(operator: TableOperator, method: str, **kwargs: Any) -> BalanceResult:
+def run_method_on(
+    operator: TableOperator, method: str, *, stats: bool | None = None, **kwargs: Any
+) -> BalanceResult:
     """Run ``method`` (``metaclip``, ``balance`` or ``rake``; keyword arguments as for the
-    driver-side functions) on any table operator. On a distributed operator the result also
-    carries ``stats`` (for :func:`~.diagnostics.diagnostics` with ``table=None``) and
-    ``info["execution"]`` (partitions, passes, seconds)."""
+    driver-side functions) on any table operator.
+
+    ``stats`` (default: when the result has no per-signature arrays, i.e. on Spark): also set
+    ``result.stats`` (for :func:`~.diagnostics.diagnostics` with ``table=None``; two more
+    passes) and ``info["execution"]`` (path, partitions, passes, seconds per pass)."""
     fns = {"metaclip": metaclip_on, "balance": balance_on, "rake": rake_on}
     if method not in fns:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     result = fns[method](operator, **kwargs)
-    if operator.is_distributed:
+    if stats or (stats is None and result.pi is None):
         result.stats = operator.aggregate_stats(result.params)
-        result.info["execution"] = operator.execution_info()
+        if hasattr(operator, "execution_info"):
+            result.info["execution"] = operator.execution_info()
     return result
 
 
@@ -120,9 +130,11 @@ def run_method_auto(
 ) -> BalanceResult:
     """Run ``method`` on the driver or on Spark, chosen by :func:`choose_execution`.
 
-    The driver path collects the table (``toArrow``) and runs the NumPy/SciPy code; its result
-    carries per-signature ``weight``/``pi`` too. Both paths set ``result.stats`` (so
-    ``diagnostics(None, result)`` works either way) and ``info["execution"]["path"]``.
+    The driver path collects the table (``toArrow``) and runs the same reproducible kernels as
+    Spark on it (:class:`~.blocks.MemoryBlockOperator`), so both paths give the same bits; its
+    result also carries per-signature ``weight``/``pi`` (in the row order of ``toArrow``). Both
+    paths set ``result.stats`` (so ``diagnostics(None, result)`` works either way) and
+    ``info["execution"]`` (``path``: ``"driver-reproducible"`` or ``"spark"``).
     """
     n_sig, nnz = signature_table_size(signatures_df)
     path = choose_execution(n_sig, nnz, max_driver_nnz, max_signatures=max_driver_signatures)
@@ -140,13 +152,6 @@ def run_method_auto(
     cols = _margins_needed(margin_cols, kwargs)
     arrow = signatures_df.select("entry_ids", *cols, "multiplicity").toArrow()
     table = SignatureTable.from_arrow(arrow, n_entries, cols)
-    op = LocalOperator(table)
-    result = run_method_on(op, method, **kwargs)
-    result.stats = op.aggregate_stats(result.params)
-    result.info["execution"] = {
-        "path": "driver",
-        "signatures": n_sig,
-        "nnz": nnz,
-        "seconds": time.perf_counter() - t0,
-    }
+    result = run_method_on(MemoryBlockOperator(table), method, stats=True, **kwargs)
+    result.info["execution"]["seconds"] = time.perf_counter() - t0
     return result

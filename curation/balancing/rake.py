@@ -89,7 +89,6 @@ from .target_size import (
     DEFAULT_SIZE_RTOL,
     TargetSizeError,
     repeat_scale_from_total,
-    solve_monotone,
 )
 from .targets import cap_vector, capped_targets, margin_target_distribution
 
@@ -473,6 +472,81 @@ def _size_shift(size_fn: Callable[[float], float], n_target: float) -> float:
     return float(brentq(f, lo, hi, xtol=1e-12, rtol=1e-12))
 
 
+class _CapFound(Exception):
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+
+def _search_cap(
+    size_at: Callable[[float], float],
+    n_target: float,
+    t0: float,
+    cmax: float,
+    slope0: float,
+    *,
+    rtol: float,
+    max_evals: int,
+) -> float:
+    """The cap t with |Σπ(t) − N| ≤ rtol·N for the non-decreasing size Σπ(t) (each evaluation is
+    an inner raking solve, so evaluations are few): from t0, secant steps in (log t, log Σπ)
+    (first slope ``slope0``, later the secant slope, clipped to [0.05, 5]; each step aims 2 %
+    past N and moves t by a factor within [1.1, 16]) until N is bracketed, then Brent's method
+    on log t with an early exit at the tolerance. Returns the best evaluated t if the budget of
+    ``max_evals`` evaluations runs out."""
+    from scipy.optimize import brentq
+
+    seen: dict[float, float] = {}
+
+    def f(t: float) -> float:
+        s = size_at(t)
+        seen[t] = s
+        if abs(s - n_target) <= rtol * n_target:
+            raise _CapFound(t)
+        return s
+
+    try:
+        t, s = t0, f(t0)
+        lo = hi = None
+        slope = slope0
+        while len(seen) < max_evals:
+            if s < n_target:
+                lo = (t, s)
+                if t >= cmax:
+                    return cmax
+            else:
+                hi = (t, s)
+            if lo is not None and hi is not None:
+                break
+            aim = n_target * (1.02 if s < n_target else 0.98)
+            step = np.log(aim / max(s, 1e-300)) / float(np.clip(slope, 0.05, 5.0))
+            step = float(np.sign(step) * np.clip(abs(step), np.log(1.1), np.log(16.0)))
+            t_new = min(cmax, t * float(np.exp(step)))
+            s_new = f(t_new)
+            if s_new > 0 and s > 0 and t_new != t:
+                slope = np.log(s_new / s) / np.log(t_new / t)
+            t, s = t_new, s_new
+        if lo is not None and hi is not None and len(seen) < max_evals:
+            exact = {float(np.log(lo[0])): lo[0], float(np.log(hi[0])): hi[0]}  # cached ends
+
+            def g(x: float) -> float:
+                t = exact.get(x, float(np.exp(x)))
+                return float(np.log(max(f(t), 1e-300) / n_target))
+
+            brentq(
+                g,
+                np.log(lo[0]),
+                np.log(hi[0]),
+                xtol=1e-12,
+                rtol=1e-12,
+                maxiter=max(1, max_evals - len(seen)),
+                full_output=True,
+                disp=False,
+            )
+    except _CapFound as found:
+        return found.t
+    return min(seen, key=lambda tt: abs(seen[tt] - n_target))
+
+
 def _warm_start(
     prev: tuple[float, np.ndarray] | None, tau_new: np.ndarray, tau_prev: np.ndarray | None
 ) -> np.ndarray | None:
@@ -643,7 +717,7 @@ def rake_on(
                 "use sampling with replacement"
             )
         tol_inner = tol
-        from .metaclip import cap_for_size_on
+        from .metaclip import cap_for_size_on, metaclip_probs
 
         t_mc = cap_for_size_on(
             work, target_size, counts, keep_unmatched=keep_unmatched, unmatched_cap=unmatched_cap
@@ -658,24 +732,21 @@ def rake_on(
                 sizes[tt] = sol_t.size
             return sizes[tt]
 
-        lo, hi = t_mc, min(cmax, 2.0 * t_mc)
-        while size_at(lo) > target_size * (1 + size_rtol / 4) and lo > 1e-9:
-            hi, lo = lo, lo / 2.0
-        while size_at(hi) < target_size * (1 - size_rtol / 4) and hi < cmax:
-            lo, hi = hi, min(cmax, hi * 2.0)
-        if lo >= hi:
-            t_used = hi
-        else:
-            t_used = solve_monotone(
-                size_at,
-                target_size,
-                lo,
-                hi,
-                rtol=size_rtol / 4,
-                max_eval=max_size_evals,
-                f_lo=size_at(lo),
-                f_hi=size_at(hi),
-            ).x
+        # first slope guess: MetaCLIP's local d log Σπ / d log t at its cap (one cheap pass)
+        t_up = min(cmax, 1.25 * t_mc)
+        slope0 = 0.5
+        if t_up > t_mc:
+            s_up = work.metaclip_size(metaclip_probs(counts, caps_for(t_up)))
+            slope0 = np.log(max(s_up, 1e-300) / target_size) / np.log(t_up / t_mc)
+        t_used = _search_cap(
+            size_at,
+            float(target_size),
+            t_mc,
+            cmax,
+            slope0,
+            rtol=size_rtol / 4,
+            max_evals=max_size_evals,
+        )
         t_used = min(t_used, cmax)
         if t_used not in solved:
             solve_entries(t_used, tol_inner)

@@ -25,6 +25,37 @@ MAX_JSON_BYTES = 1 << 20
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 
 
+class CorruptTarError(ValueError):
+    """An input tar that is cut short or holds a damaged header; the message says where."""
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """Headers that ``tarfile`` would take for the end of the archive are errors here.
+
+    ``tarfile`` stops silently at a damaged or truncated header after the first member, and at a
+    file that ends without the end-of-archive blocks, which would drop every later sample without
+    a word. Only the all-zero end-of-archive block ends a scan normally.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        offset = tarfile_.offset
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.EmptyHeaderError:
+            if offset == 0:
+                raise CorruptTarError("empty file, not a tar") from None
+            raise CorruptTarError(
+                f"truncated: the file ends at byte {offset} without the end-of-archive blocks"
+            ) from None
+        except tarfile.TruncatedHeaderError:
+            raise CorruptTarError(f"truncated: the header at byte {offset} is cut short") from None
+        except tarfile.InvalidHeaderError as exc:
+            raise CorruptTarError(f"damaged header at byte {offset} ({exc})") from None
+
+
 @dataclass
 class ScannedSample:
     """One input sample: its key, where its members' bytes are, and its parsed ``.json``."""
@@ -72,12 +103,23 @@ def scan_tar(fileobj: IO[bytes], counts: ScanCounts | None = None) -> Iterator[S
     paths, ``..``), and a second member with the same extension in one sample; each is counted.
     Only ``.json`` members are read into memory; the others are located, not read: on a
     seekable file (local disk) their bytes are skipped with a seek, on a stream read through.
+
+    Raises :class:`CorruptTarError` for a file that is not a tar, is cut short (also when the cut
+    falls between members: the end-of-archive blocks are required) or holds a damaged header.
     """
     counts = counts if counts is not None else ScanCounts()
+    seekable = getattr(fileobj, "seekable", lambda: False)()
+    try:
+        yield from _scan(fileobj, seekable, counts)
+    except tarfile.ReadError as exc:  # data cut short inside a member, or not a tar at all
+        raise CorruptTarError(f"unreadable or truncated tar ({exc})") from None
+
+
+def _scan(fileobj: IO[bytes], seekable: bool, counts: ScanCounts) -> Iterator[ScannedSample]:
     current: ScannedSample | None = None
     seq = 0
-    seekable = getattr(fileobj, "seekable", lambda: False)()
-    with tarfile.open(fileobj=fileobj, mode="r:" if seekable else "r|") as tf:
+    mode = "r:" if seekable else "r|"
+    with tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_CheckedTarInfo) as tf:
         for info in tf:
             counts.members += 1
             if not info.isreg():

@@ -203,7 +203,8 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         raise BalanceConfigError("--tail-share must lie strictly between 0 and 1")
     if not caps and target_size is None:
         raise BalanceConfigError(
-            "nothing fixes the output: give --cap T, --target-size N, --target-fraction F or --tail-share P"
+            "nothing fixes the output: give --cap T, --target-size N, --target-fraction F or "
+            "--tail-share P (0 means not given: a cap or size of 0 would keep nothing)"
         )
     if (
         config.cap
@@ -346,8 +347,40 @@ class BalanceRunResult:
             f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
             f"max/mean {_fmt(w.get('max_over_mean'))}"
         )
+        if s.get("unmet_targets"):
+            lines.append(f"  unmet targets   {describe_unmet(s['unmet_targets'])}")
         lines.append(f"  output          {self.output}")
         return "\n".join(lines)
+
+
+def unmet_targets(info: dict, entries: list[str]) -> dict | None:
+    """The targets a solver left unmet (rake: infeasible or not converged), with entry names."""
+    status = info.get("status")
+    if status in (None, "converged", "closed_form"):
+        return None
+    ids = [int(j) for j in info.get("infeasible_entries", [])]
+    return {
+        "status": status,
+        "entries": int(info.get("n_infeasible_entries", len(ids))),
+        "examples": [entries[j] if j < len(entries) else "<unmatched>" for j in ids[:10]],
+        "margin_levels": int(info.get("n_unmet_margin_levels", 0)),
+    }
+
+
+def describe_unmet(unmet: dict) -> str:
+    """One line on unmet targets, for the log and the report."""
+    why = (
+        "the targets are infeasible (certified in diagnostics.json); the result is the "
+        "closest to them in L1"
+        if unmet["status"] == "infeasible"
+        else f"the solver stopped with status {unmet['status']} before meeting them"
+    )
+    examples = ", ".join(repr(e) for e in unmet["examples"][:5])
+    return (
+        f"{unmet['entries']:,} entr{'y' if unmet['entries'] == 1 else 'ies'}"
+        + (f" (e.g. {examples})" if examples else "")
+        + f" and {unmet['margin_levels']} margin level(s) miss their targets: {why}"
+    )
 
 
 def _fmt(x: Any) -> str:
@@ -412,6 +445,14 @@ def run_balance(
     try:
         result: BalanceResult = run_method(table, config.method, **options)
     except TargetSizeError as exc:
+        if config.with_replacement and not config.cap:
+            raise BalanceConfigError(
+                f"infeasible target: --method {config.method} solves its cap from the target "
+                f"size, and no cap reaches {options['target_size']:g} samples from "
+                f"{int(table.n_matched):,} matched ones ({exc}); with --with-replacement give "
+                "the cap as well (--cap T fixes the balanced shape, --target-size N the number "
+                "of samples with repeats)"
+            ) from exc
         raise BalanceConfigError(f"infeasible target: {exc}") from exc
     diag = diagnostics(table, result)
     params = result.params
@@ -466,6 +507,10 @@ def run_balance(
             "info": diag["info"],
             "seconds": round(time.perf_counter() - started, 2),
         }
+        unmet = unmet_targets(result.info, entries)
+        if unmet:
+            summary["unmet_targets"] = unmet
+            log.warning("balance: %s", describe_unmet(unmet))
         storage.write_json(storage.join(tmp, "summary.json"), summary)
     log.info("balance: %s done in %.1f s -> %s", config.method, summary["seconds"], config.output)
     return BalanceRunResult(config.output, json.loads(json.dumps(summary)))

@@ -15,6 +15,12 @@ A row is rejected, never silently dropped, when its caption is null (``null_capt
 UTF-8 or holding U+FFFD, the mark of bytes already lost upstream (``non_utf8``), empty or white space
 only (``empty_caption``), or longer than ``max_caption_chars`` characters (``caption_too_long``).
 
+Duplicate uids: one row per uid is kept; every other copy is rejected as ``duplicate_uid`` (so
+later stages, the DataComp subset file and the shard keys see each uid once). The copy kept is the
+first in (source file path, url, caption) order, ties broken by a hash of the row's other scalar
+columns: an order on the rows' content, so the choice is the same on any partitioning and rerun.
+Without a uid column a duplicate is an exact repeat of a (url, caption) pair.
+
 When the pool has no uid column, ``uid`` is derived as the 128-bit MD5 hex digest of
 ``utf8(url) + b"\\x00" + utf8(caption)`` (a null url counts as empty): the same pair always gets the
 same uid, on any cluster.
@@ -32,6 +38,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,9 +48,9 @@ from pathlib import Path
 
 import pyarrow as pa
 from pyspark import SparkFiles
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, IntegerType, StructField, StructType
+from pyspark.sql.types import ArrayType, AtomicType, IntegerType, StructField, StructType
 
 from curation import storage
 from curation.cli import Command
@@ -55,7 +62,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METADATA = str(Path(__file__).resolve().parents[2] / "metadata" / "default.json")
 
-REJECT_REASONS = ("null_caption", "non_utf8", "empty_caption", "caption_too_long")
+REJECT_REASONS = ("null_caption", "non_utf8", "empty_caption", "caption_too_long", "duplicate_uid")
 
 
 @dataclass
@@ -125,6 +132,12 @@ def matcher_cache_dir() -> str:
     return os.path.join(root, "matchers")
 
 
+def _private(path: str) -> bool:
+    """Owned by this user and writable by no one else (a cached pickle must be ours)."""
+    st = os.stat(path)
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def ship_matcher(
     spark: SparkSession, build: Callable[[], Matcher | LanguageMatcher], fingerprint: str
 ) -> str:
@@ -139,9 +152,13 @@ def ship_matcher(
     if any(os.path.basename(f) == name for f in spark.sparkContext.listFiles):
         return name
     directory = matcher_cache_dir()
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not _private(directory):
+        # A pickle is code: never load one that someone else could have written.
+        log.warning("match: %s is writable by others; the matcher is not cached", directory)
+        directory = tempfile.mkdtemp(prefix="curation-matcher-")
     path = os.path.join(directory, name)
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not _private(path):
         tmp = f"{path}.tmp-{os.getpid()}"
         build().save(tmp)
         os.replace(tmp, path)
@@ -223,6 +240,34 @@ class MatchResult:
             f"  rejects    {storage.join(self.output, 'rejects')}",
         ]
         return "\n".join(lines)
+
+
+def split_duplicate_uids(usable: DataFrame) -> tuple[DataFrame, DataFrame | None]:
+    """``(kept, extra copies)``: one row per uid kept, the others returned to be rejected.
+
+    The kept copy is the first in (source_file, url, caption, hash of the other scalar columns)
+    order (see the module docstring). The common case, unique uids, costs one aggregation of the
+    uid column; only rows whose uid repeats are ranked.
+    """
+    repeated = (
+        usable.groupBy("uid")
+        .agg(F.count(F.lit(1)).alias("_copies"))
+        .filter(F.col("_copies") > 1)
+        .select("uid", F.lit(True).alias("_dup"))
+    )
+    if repeated.isEmpty():
+        return usable, None
+    marked = usable.join(repeated, "uid", "left").select(*usable.columns, "_dup")
+    single = marked.filter(F.col("_dup").isNull()).drop("_dup")
+    scalars = [f.name for f in usable.schema.fields if isinstance(f.dataType, AtomicType)]
+    order = Window.partitionBy("uid").orderBy("source_file", "url", "caption", F.xxhash64(*scalars))
+    ranked = (
+        marked.filter(F.col("_dup").isNotNull())
+        .drop("_dup")
+        .withColumn("_copy", F.row_number().over(order))
+    )
+    kept = single.unionByName(ranked.filter(F.col("_copy") == 1).drop("_copy"))
+    return kept, ranked.filter(F.col("_copy") > 1).drop("_copy")
 
 
 def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
@@ -337,13 +382,17 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
 
     with storage.atomic_directory(config.output, manifest) as tmp:
         prepared = prepare(df, roles.uid is not None, config.max_caption_chars)
-        good = prepared.filter(F.col("reason").isNull()).drop("reason", "source_file")
+        kept, duplicates = split_duplicate_uids(prepared.filter(F.col("reason").isNull()))
+        good = kept.drop("reason", "source_file")
         if config.partitions:
             good = good.repartition(config.partitions)
         match_pool(good, matcher_file, lang_col).write.parquet(
             storage.spark_url(storage.join(tmp, "pool"))
         )
-        rejects = prepared.filter(F.col("reason").isNotNull()).withColumn(
+        rejects = prepared.filter(F.col("reason").isNotNull())
+        if duplicates is not None:
+            rejects = rejects.unionByName(duplicates.withColumn("reason", F.lit("duplicate_uid")))
+        rejects = rejects.withColumn(
             "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
         )
         rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))

@@ -52,7 +52,7 @@ from curation.shards.plan import (
     shard_name,
     weight_scale,
 )
-from curation.shards.tario import ScanCounts, scan_tar
+from curation.shards.tario import CorruptTarError, ScanCounts, scan_tar
 from curation.shards.writer import write_output_shard
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,18 @@ def _uid_map(url: str, uid_col: str) -> dict[str, str]:
     }
 
 
+def _checked(samples: Iterator[Any], url: str) -> Iterator[Any]:
+    """``samples``, with a damaged or truncated input tar reported by name (the task fails:
+    a silently shorter input would drop selected samples without a word)."""
+    try:
+        yield from samples
+    except CorruptTarError as exc:
+        raise storage.StageInputError(
+            f"{url}: corrupt input shard: {exc}; download it again or remove it from the input "
+            "(its selected samples are then listed in _rejects.parquet as not_in_input)"
+        ) from None
+
+
 def scan_source(src: int, url: str, uid_col: str) -> Iterator[tuple]:
     """Rows of :data:`SCAN_SCHEMA` for one input tar (samples, then one counts row)."""
     fs, path = storage.url_to_fs(url)
@@ -187,7 +199,7 @@ def scan_source(src: int, url: str, uid_col: str) -> Iterator[tuple]:
     n = 0
     problems = {"no_image": 0, "no_uid": 0}
     with fs.open(path, "rb", block_size=8 << 20) as f:
-        for sample in scan_tar(f, counts):
+        for sample in _checked(scan_tar(f, counts), url):
             n += 1
             meta = sample.meta or {}
             uid = meta.get(uid_col)

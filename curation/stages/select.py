@@ -90,12 +90,16 @@ def _select_partition(
 
 
 def _expected_partition(batches, broadcast, key: str, with_replacement: bool):
-    """Σπ_i (or Σe_i) per batch, for the summary's expected size."""
+    """π_i (or e_i) of every row, for the summary's expected size.
+
+    Per row, not per batch: the driver sums them as decimals (exact), so the expected size is
+    the same number on any partitioning; a float sum of per-batch sums is not.
+    """
     params = cached_params(broadcast, key)
     for batch in batches:
         weight, pi = score_arrow(params, batch)
-        value = expected_repeats(params, weight).sum() if with_replacement else pi.sum()
-        yield pa.RecordBatch.from_arrays([pa.array([float(value)])], names=["expected"])
+        value = expected_repeats(params, weight) if with_replacement else pi
+        yield pa.RecordBatch.from_arrays([pa.array(value, pa.float64())], names=["expected"])
 
 
 def select_pool(
@@ -225,7 +229,7 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
                     ),
                     StructType([StructField("expected", DoubleType(), False)]),
                 )
-                .agg(F.sum("expected"))
+                .agg(F.sum(F.col("expected").cast("decimal(38,18)")))
                 .first()[0]
             )
             counts = selected.agg(F.count("*"), F.sum("repeats")).first()
