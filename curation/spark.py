@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
