@@ -272,6 +272,10 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
     assert rows_cluster == rows_local
     assert np.load(out / "selected" / "subset.npy").dtype == np.dtype("u8,u8")
     assert matched_pool(out / "matched") == matched_pool(local / "matched")
+    # the driver-side solve saw the same table in the same order: the same bits
+    assert (out / "balance" / "params.json").read_bytes() == (
+        local / "balance" / "params.json"
+    ).read_bytes()
     for stage in ("matched", "counts", "selected"):
         assert comparable(out / stage / "summary.json") == comparable(
             local / stage / "summary.json"

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from curation import storage
@@ -49,6 +50,11 @@ from curation.balancing import (
     expected_repeats,
     run_method,
     score_arrow,
+)
+from curation.balancing.distributed import (
+    choose_execution,
+    run_method_spark,
+    signature_table_size,
 )
 from curation.cli import Command
 
@@ -129,6 +135,16 @@ class BalanceConfig:
         metadata={
             "help": "solve for integer repeats with E[r_i] = N w_i / Σw (N may exceed the pool)"
         },
+    )
+    execution: Literal["driver", "spark", "auto"] = field(
+        default="auto",
+        metadata={
+            "help": "where the solver runs: driver (the signature table is collected), spark (it stays cached on the executors; one pass per iteration), auto (spark when the table has more than --max-driver-nnz entry incidences)"
+        },
+    )
+    max_driver_nnz: int = field(
+        default=50_000_000,
+        metadata={"help": "with --execution auto: the largest table (Σ|S|) solved on the driver"},
     )
 
 
@@ -246,20 +262,31 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
     return options
 
 
-def read_signatures(
-    spark: SparkSession, counts: str, margins: list[str], n_entries: int
-) -> SignatureTable:
-    """The count stage's signature table, in canonical order, as a driver-side SignatureTable."""
+def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> DataFrame:
+    """The count stage's signature table in canonical order (sorted by entry ids and margins),
+    so that solved parameters do not depend on how Spark partitioned it."""
     df = spark.read.parquet(storage.spark_url(storage.join(counts, "signatures")))
     missing = [m for m in margins if m not in df.columns]
     if missing:
         raise storage.StageInputError(
             f"{counts}: margin {missing[0]!r} was not counted; rerun count with --margin {missing[0]}"
         )
-    table = (
-        df.select("entry_ids", *margins, "multiplicity").orderBy("entry_ids", *margins).toArrow()
+    # Summed over the margins not asked for: otherwise (entry ids, margins) repeat, their order
+    # among equals follows the partitioning, and so would the last bits of every solved number.
+    return (
+        df.groupBy("entry_ids", *margins)
+        .agg(F.sum("multiplicity").alias("multiplicity"))
+        .orderBy("entry_ids", *margins)
     )
-    return SignatureTable.from_arrow(table, n_entries, margins)
+
+
+def read_signatures(
+    spark: SparkSession, counts: str, margins: list[str], n_entries: int
+) -> SignatureTable:
+    """The count stage's signature table, in canonical order, as a driver-side SignatureTable."""
+    return SignatureTable.from_arrow(
+        signatures_frame(spark, counts, margins).toArrow(), n_entries, margins
+    )
 
 
 # Rebuilt ScoreParams per Python worker, keyed by a digest of their JSON: a reused worker builds
@@ -428,43 +455,56 @@ def run_balance(
     started = time.perf_counter()
     entries: list[str] = storage.read_json(storage.join(config.counts, "metadata.json"))
     margins = list(dict.fromkeys(config.margins))
-    table = read_signatures(spark, config.counts, margins, len(entries))
-    options = method_options(config, entries, int(table.n_matched))
-    if table.n_matched == 0 and not config.keep_unmatched:
+    n_matched = int(storage.read_json(storage.join(config.counts, "summary.json"))["matched"])
+    options = method_options(config, entries, n_matched)
+    if n_matched == 0 and not config.keep_unmatched:
         raise storage.StageInputError(
             f"{config.counts}: no sample matched any entry; nothing to balance "
             "(check the metadata list, or use --keep-unmatched)"
         )
+    frame = signatures_frame(spark, config.counts, margins)
+    execution = config.execution
+    if execution == "auto":
+        n_signatures, nnz = signature_table_size(frame)
+        execution = choose_execution(n_signatures, nnz, config.max_driver_nnz)
     log.info(
-        "balance: %s on %d signatures (%d samples, %d entries)",
+        "balance: %s on the %s (%d matched samples, %d entries)",
         config.method,
-        table.n_signatures,
-        table.n_samples,
+        "driver" if execution == "driver" else "Spark executors",
+        n_matched,
         len(entries),
     )
+    table = None
     try:
-        result: BalanceResult = run_method(table, config.method, **options)
+        if execution == "driver":
+            table = SignatureTable.from_arrow(frame.toArrow(), len(entries), margins)
+            result: BalanceResult = run_method(table, config.method, **options)
+        else:
+            result = run_method_spark(spark, frame, len(entries), config.method, margins, **options)
     except TargetSizeError as exc:
         if config.with_replacement and not config.cap:
             raise BalanceConfigError(
                 f"infeasible target: --method {config.method} solves its cap from the target "
                 f"size, and no cap reaches {options['target_size']:g} samples from "
-                f"{int(table.n_matched):,} matched ones ({exc}); with --with-replacement give "
+                f"{n_matched:,} matched ones ({exc}); with --with-replacement give "
                 "the cap as well (--cap T fixes the balanced shape, --target-size N the number "
                 "of samples with repeats)"
             ) from exc
         raise BalanceConfigError(f"infeasible target: {exc}") from exc
     diag = diagnostics(table, result)
+    if table is not None:
+        work = table.with_unmatched_entry() if result.params.keep_unmatched else table
+        expected = work.entry_sums(table.multiplicity * result.pi)
+    else:
+        expected = result.stats.entry_sums
     params = result.params
 
     pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
     with storage.atomic_directory(config.output, manifest) as tmp:
         storage.write_bytes(storage.join(tmp, "params.json"), params.to_json().encode())
         entry_table = result.entry_table(entries)
-        mult = table.multiplicity
-        work = table.with_unmatched_entry() if params.keep_unmatched else table
         entry_table = entry_table.append_column(
-            "expected", pa.array(work.entry_sums(mult * result.pi)[: entry_table.num_rows])
+            "expected", pa.array(np.asarray(expected, dtype=np.float64)[: entry_table.num_rows])
         )
         _write_table(entry_table, storage.join(tmp, "entry_factors.parquet"))
         _write_table(
@@ -502,6 +542,7 @@ def run_balance(
             "target_size": options.get("target_size"),
             "expected_size": diag["inclusion"]["expected_size"],
             "with_replacement": config.with_replacement,
+            "execution": execution,
             "margins": margins,
             "headline": headline(diag),
             "info": diag["info"],
