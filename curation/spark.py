@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pyspark.sql import SparkSession
 
@@ -52,9 +53,25 @@ class SparkConfig:
             "help": "Spark's own log level (curate reports failures itself; --debug sets WARN)"
         },
     )
+    progress: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "Spark's console progress bar (stages and tasks, on stderr); auto: on when "
+            "stderr is a terminal (CURATION_PROGRESS=1/0 forces it)"
+        },
+    )
     conf: dict[str, str] = field(
         default_factory=dict, metadata={"help": "extra spark.* settings, passed as they are"}
     )
+
+
+def show_progress(config: SparkConfig) -> bool:
+    """Whether Spark's console progress bar is on (see ``SparkConfig.progress``)."""
+    if config.progress != "auto":
+        return config.progress == "on"
+    from curation import progress
+
+    return progress.enabled()
 
 
 def under_spark_submit() -> bool:
@@ -88,7 +105,8 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         SparkSession.builder.master(config.master)
         .appName(config.app_name)
         .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
+        # The bar is drawn by the driver JVM on stderr, independently of log levels and the UI.
+        .config("spark.ui.showConsoleProgress", str(show_progress(config)).lower())
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.local.dir", local_dir)

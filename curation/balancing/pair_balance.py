@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from curation import progress
+
 from .metaclip import cap_for_size_on
 from .operators import LocalOperator, LocalWork, TableOperator, WorkOperator
 from .params import BalanceResult, ScoreParams
@@ -124,6 +126,7 @@ def balance_factors_on(
         y_step()
         e, l1, errs = errors()
         history.append({"iter": it, "max_rel_err": e, "l1": l1, "errors": errs})
+        progress.tick(max_rel_err=e, l1=l1)
         if not np.isfinite(e):
             status = "diverged"
             break

@@ -73,6 +73,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from curation import progress
+
 from .kernels import ZERO_LOG, phi, phi_diff
 from .operators import (
     LocalOperator,
@@ -352,6 +354,7 @@ def solve_dual(
             )
             if callback is not None:
                 callback(it, e, l1)
+            progress.tick(kkt_err=e, l1=l1)
             if not np.isfinite(e):
                 status = "numerical_error"
                 lam = best[1].copy()

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
+from curation import progress
 from curation.metadata import WRAPPED_PUNCTUATION, check_entries, is_all_punctuation
 
 SOURCES = ("numbers", "wordnet", "unigram", "bigram", "title", "extra")
@@ -124,6 +125,8 @@ class ListBuilder:
                 stats.cap_reached = True
                 break
             stats.offered += 1
+            if stats.offered % 4096 == 0:
+                progress.tick(4096, source=source)
             reason = entry_problem(c.entry, self.max_chars, self.drop_unmatchable)
             if reason is None and c.entry in seen:
                 reason = "duplicate_in_source"

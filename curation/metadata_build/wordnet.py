@@ -31,6 +31,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from curation import progress
 from curation.storage import StageInputError, join, read_bytes
 
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
@@ -116,6 +117,7 @@ def read_wordnet(directory: str) -> WordNetNames:
             raise StageInputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
         synsets = parse_data_file(text, path)
         result.per_file[name] = len(synsets)
+        progress.tick(len(synsets), source=f"wordnet {name}")
         for synset in synsets:
             head = metaclip_head_name(synset.first_lemma)
             if "." in _MARKER.match(synset.first_lemma).group(1):

@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from curation import storage
+from curation import progress, storage
 from curation.balancing import (
     BalanceResult,
     ScoreParams,
@@ -478,9 +478,14 @@ def run_balance(
     try:
         if execution == "driver":
             table = SignatureTable.from_arrow(frame.toArrow(), len(entries), margins)
-            result: BalanceResult = run_method(table, config.method, **options)
-        else:
-            result = run_method_spark(spark, frame, len(entries), config.method, margins, **options)
+        # one bar over every solver iteration (all inner solves of a target-size search)
+        with progress.bar(f"balance: {config.method} on the {execution}", unit="iter"):
+            if table is not None:
+                result: BalanceResult = run_method(table, config.method, **options)
+            else:
+                result = run_method_spark(
+                    spark, frame, len(entries), config.method, margins, **options
+                )
     except TargetSizeError as exc:
         if config.with_replacement and not config.cap:
             raise BalanceConfigError(

@@ -41,7 +41,7 @@ from typing import Literal
 
 from pyspark.sql import SparkSession
 
-from curation import storage
+from curation import progress, storage
 from curation.cli import Command
 from curation.metadata_build.assemble import render_list, render_provenance
 from curation.metadata_build.build import BuildResult, build_metadata
@@ -299,7 +299,8 @@ def run_metadata(
         raise ValueError(
             f"--output {config.output} is a directory; give a file name such as {config.output.rstrip('/')}/metadata.json"
         )
-    result = build_metadata(spark, config)
+    with progress.bar("metadata: candidates", unit="cand"):
+        result = build_metadata(spark, config)
     provenance, summary_path = sidecar_paths(config.output)
     files = {"list": config.output, "provenance": provenance, "summary": summary_path}
     summary = _summary(config, result, input_fingerprints(config, result), files)
@@ -332,7 +333,8 @@ def _run_multilingual(
             storage.read_json(storage.join(config.output, "summary.json")),
             skipped=True,
         )
-    result = build_metadata(spark, config)
+    with progress.bar("metadata: candidates", unit="cand"):
+        result = build_metadata(spark, config)
     files = {
         "lists": storage.join(config.output, "{lang}.json"),
         "provenance": storage.join(config.output, "provenance.tsv"),
