@@ -19,8 +19,14 @@ Output directory (committed atomically)::
 
 Per-sample scoring runs in ``mapInArrow`` with the parameters broadcast once: no join, and the
 score of a row depends only on its own entry ids and margin values, so it is the same on any
-partitioning. The signature table is put in a canonical order (sorted by entry ids and margin
-values) before solving, so the solved parameters do not depend on how Spark partitioned it.
+partitioning.
+
+The solve runs over the signature table (summed over the margins not balanced), on the driver
+or, for a table above ``--max-driver-nnz`` incidences (``--execution auto``), on the executors
+(:func:`curation.balancing.run_method_spark`). Either way the solved parameters do not depend on
+how Spark partitioned the table: the driver path sorts it into a canonical order (entry ids,
+then margin values) before its order-dependent float sums, and the Spark path makes every sum
+an exact, order-free binned sum.
 """
 
 from __future__ import annotations
@@ -262,9 +268,12 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
     return options
 
 
-def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> DataFrame:
-    """The count stage's signature table in canonical order (sorted by entry ids and margins),
-    so that solved parameters do not depend on how Spark partitioned it."""
+def signatures_frame(
+    spark: SparkSession, counts: str, margins: list[str], ordered: bool = True
+) -> DataFrame:
+    """The count stage's signature table over ``margins`` (summed over the other margins), in
+    canonical order (sorted by entry ids and margins) if ``ordered``, so that the driver's
+    solved parameters do not depend on how Spark partitioned it."""
     df = spark.read.parquet(storage.spark_url(storage.join(counts, "signatures")))
     missing = [m for m in margins if m not in df.columns]
     if missing:
@@ -273,11 +282,8 @@ def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> Da
         )
     # Summed over the margins not asked for: otherwise (entry ids, margins) repeat, their order
     # among equals follows the partitioning, and so would the last bits of every solved number.
-    return (
-        df.groupBy("entry_ids", *margins)
-        .agg(F.sum("multiplicity").alias("multiplicity"))
-        .orderBy("entry_ids", *margins)
-    )
+    table = df.groupBy("entry_ids", *margins).agg(F.sum("multiplicity").alias("multiplicity"))
+    return table.orderBy("entry_ids", *margins) if ordered else table
 
 
 def read_signatures(
@@ -462,11 +468,14 @@ def run_balance(
             f"{config.counts}: no sample matched any entry; nothing to balance "
             "(check the metadata list, or use --keep-unmatched)"
         )
-    frame = signatures_frame(spark, config.counts, margins)
     execution = config.execution
     if execution == "auto":
-        n_signatures, nnz = signature_table_size(frame)
+        n_signatures, nnz = signature_table_size(
+            signatures_frame(spark, config.counts, margins, ordered=False)
+        )
         execution = choose_execution(n_signatures, nnz, config.max_driver_nnz)
+    # The Spark path's sums do not depend on the row order: no sort (a shuffle of the table).
+    frame = signatures_frame(spark, config.counts, margins, ordered=execution == "driver")
     log.info(
         "balance: %s on the %s (%d matched samples, %d entries)",
         config.method,
