@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from curation.storage import StageInputError, spark_url, url_to_fs
+from curation.storage import StageInputError, list_data_files, spark_url, url_to_fs
 
 CAPTION_CANDIDATES = ("caption", "text", "TEXT", "Caption", "alt_text")
 URL_CANDIDATES = ("url", "URL", "image_url")
@@ -45,17 +45,7 @@ def detect_format(name: str) -> str | None:
 
 def list_pool_files(url: str) -> tuple[list[str], str]:
     """The data files of a pool path and their common format; errors name the path."""
-    fs, path = url_to_fs(url)
-    if not fs.exists(path):
-        raise StageInputError(f"{url}: pool not found")
-    if fs.isdir(path):
-        names = [
-            p
-            for p in sorted(fs.find(path))
-            if not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/") if part)
-        ]
-    else:
-        names = [path]
+    _, names = list_data_files(url, "pool")
     formats = {}
     for name in names:
         fmt = detect_format(name)

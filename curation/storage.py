@@ -43,6 +43,24 @@ def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return _url_to_fs(url)
 
 
+def list_data_files(url: str, what: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """``(filesystem, paths)`` of the data files at ``url``: the file itself, or every file below
+    the directory (recursively, sorted) except those with a path part starting with ``_`` or
+    ``.`` (Spark's ``_SUCCESS``, our ``_manifest.json``, hidden and temporary files). A missing
+    path is a :class:`StageInputError` that names it and ``what`` it should have been."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        raise StageInputError(f"{url}: {what} not found")
+    if not fs.isdir(path):
+        return fs, [path]
+    names = [
+        p
+        for p in sorted(fs.find(path))
+        if not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/") if part)
+    ]
+    return fs, names
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

@@ -40,7 +40,7 @@ from pyspark.sql.types import ByteType, LongType, StringType, StructField, Struc
 
 from curation.metadata_build.tokenize import bigram_keys, scan
 from curation.pool import detect_format
-from curation.storage import StageInputError, spark_url, url_to_fs
+from curation.storage import StageInputError, list_data_files, spark_url
 
 # Distinct keys a task holds before it emits its partial counts (bounds worker memory).
 FLUSH_AT = 400_000
@@ -84,17 +84,7 @@ def table_format(name: str) -> str | None:
 
 def list_table_files(url: str, what: str, fmt: str = "auto") -> tuple[list[str], str]:
     """The data files under ``url`` (a file or a directory) and their common format."""
-    fs, path = url_to_fs(url)
-    if not fs.exists(path):
-        raise StageInputError(f"{url}: {what} not found")
-    if fs.isdir(path):
-        names = [
-            p
-            for p in sorted(fs.find(path))
-            if not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/") if part)
-        ]
-    else:
-        names = [path]
+    fs, names = list_data_files(url, what)
     if fmt != "auto":
         if not names:
             raise StageInputError(f"{url}: {what} has no files")
