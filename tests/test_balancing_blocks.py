@@ -21,6 +21,7 @@ from curation.balancing.blocks import (
     W_BITS,
     Binned,
     MemoryBlockOperator,
+    binned_columns,
     binned_sum,
     prob_scale_newton,
 )
@@ -54,6 +55,31 @@ def test_binned_sum_is_order_and_split_independent():
     assert abs(whole - math.fsum(x)) <= 2.0 ** (-W_BITS * (K_BINS - 1)) * np.abs(x).max() * x.size
     assert binned_sum(np.zeros(3)).value() == 0.0
     assert isinstance(Binned(0, np.zeros(K_BINS)).merge(binned_sum(np.ones(2))), Binned)
+
+
+def test_column_sums_keep_a_column_of_tiny_terms_next_to_huge_ones():
+    """Each column is cut at its own largest term: with one top for all columns, a column whose
+    terms are all < 2^-84 of another column's was summed as 0 (the GIS step then exploded)."""
+    rng = np.random.default_rng(1)
+    cols = rng.integers(0, 40, 20000)
+    w = rng.standard_normal(cols.size) * np.exp(rng.uniform(-20, 7, cols.size))
+    w[cols >= 20] *= 1e-40  # half the columns hold only tiny terms
+    whole = binned_columns(cols, w, 41)
+    want = np.array([math.fsum(w[cols == j]) for j in range(41)])
+    got = whole.value()
+    assert got[40] == 0.0 and np.all(got[:40] != 0.0)
+    scale = np.array([np.abs(w[cols == j]).max() * np.sum(cols == j) for j in range(40)])
+    # dropped bits below 2^-(W(K−1)) of the column's largest term, plus the final rounding
+    bound = 2.0 ** (-W_BITS * (K_BINS - 1)) * scale + 4e-16 * np.abs(want[:40])
+    assert np.all(np.abs(got[:40] - want[:40]) <= bound)
+    for seed in range(3):  # split and merged in any order: the same bits
+        perm = np.random.default_rng(seed).permutation(cols.size)
+        cuts = np.sort(np.random.default_rng(seed).choice(cols.size, 5, replace=False))
+        parts = [
+            binned_columns(c, v, 41)
+            for c, v in zip(np.split(cols[perm], cuts), np.split(w[perm], cuts), strict=True)
+        ]
+        assert np.array_equal(_merged(parts).value(), got)
 
 
 METHODS = [

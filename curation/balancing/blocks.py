@@ -13,6 +13,9 @@ with another execution — the driver, another partitioning, a rerun — if ever
   sums of integers below 2^53, hence exact in any order; two partial sums merge exactly (align
   to the larger top, drop the bins that fall off). The value is Σ_k bin_k · 2^(W(T−K+1+k)),
   added from the lowest bin up. Exact while a column has fewer than 2^(53−W) = 2^32 terms.
+  Column sums (n_j = Σ_{r∋j} m_r π_r) keep one T *per column*: π spans hundreds of binary
+  orders of magnitude, and with one T for all columns a column of tiny terms summed to 0
+  (found at 10M samples × 500k entries, where it broke the raking iteration).
 * :class:`Block` — rows of the table as CSR arrays (+ multiplicities, margin codes), and the
   kernels ``_k_*`` that compute one block's partial of every primitive of :mod:`.operators`.
   Per-row quantities use fixed-order arithmetic (η_r by SciPy's sequential CSR matvec over the
@@ -65,10 +68,21 @@ def _top_bin(x: np.ndarray) -> int:
     return (int(np.frexp(mx)[1]) - 1) // W_BITS
 
 
-def _digits(x: np.ndarray, top: int) -> np.ndarray:
+def _row_bins(x: np.ndarray) -> np.ndarray:
+    """Per element, the bin of |x| (NO_BIN for 0; 0 for non-finite, like :func:`_top_bin`)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.frexp(x)[1].astype(np.int64)
+    bins = (e - 1) // W_BITS
+    bins[x == 0] = NO_BIN
+    bins[~np.isfinite(x)] = 0
+    return bins
+
+
+def _digits(x: np.ndarray, top: int | np.ndarray) -> np.ndarray:
     """``(n, K)`` (C order) integer-valued digits of x on the absolute bins top−K+1 … top (sign
-    kept, bits below the lowest bin dropped); every operation is exact."""
-    lo = top - K_BINS + 1
+    kept, bits below the lowest bin dropped); every operation is exact. ``top``: one bin for
+    all of x, or one per element."""
+    lo = np.asarray(top, dtype=np.int64) - K_BINS + 1
     q = np.ldexp(np.asarray(x, dtype=np.float64), -W_BITS * lo)  # |q| < 2^(W·K)
     D = np.empty((q.size, K_BINS))
     tmp = np.empty(q.size)
@@ -88,32 +102,64 @@ def _digits(x: np.ndarray, top: int) -> np.ndarray:
 @dataclass
 class Binned:
     """A reproducible sum (scalar, or one per column): ``bins[k]`` holds the exact sum of the
-    digits at absolute bin ``top − K + 1 + k``. Merge with :meth:`merge`, read with :meth:`value`."""
+    digits at absolute bin ``top − K + 1 + k``. Merge with :meth:`merge`, read with :meth:`value`.
 
-    top: int
+    Column sums carry one ``top`` per column (an int array): a column's digits are cut at its
+    own largest term, so a column whose terms are all far below another column's (a π of
+    1e-20 next to multiplicities of 1000) keeps its full precision instead of rounding to 0."""
+
+    top: int | np.ndarray  # int, or int64[q] (one per column)
     bins: np.ndarray  # (K,) or (K, q), integer-valued float64
 
     def merge(self, other: Binned) -> Binned:
-        T = max(self.top, other.top)
+        if np.ndim(self.top) == 0 and np.ndim(other.top) == 0:
+            T = max(self.top, other.top)
+            return Binned(T, _shift(self.bins, T - self.top) + _shift(other.bins, T - other.top))
+        T = np.maximum(self.top, other.top)
         return Binned(T, _shift(self.bins, T - self.top) + _shift(other.bins, T - other.top))
 
     def value(self) -> Any:
         """Σ_k bins[k] · 2^(W(top − K + 1 + k)), added from the lowest bin up."""
         v = np.zeros(self.bins.shape[1:])
-        if self.top != NO_BIN:
-            lo = self.top - K_BINS + 1
+        top = np.asarray(self.top, dtype=np.int64)
+        if np.any(top != NO_BIN):
+            lo = np.where(top == NO_BIN, 0, top - K_BINS + 1)  # an empty column's bins are 0
             for k in range(K_BINS):
                 v = v + np.ldexp(self.bins[k], W_BITS * (lo + k))
         return float(v) if v.ndim == 0 else v
 
 
-def _shift(bins: np.ndarray, s: int) -> np.ndarray:
-    if s == 0:
-        return bins
+def _shift(bins: np.ndarray, s: int | np.ndarray) -> np.ndarray:
+    """The bins re-cut ``s`` bins higher (s ≥ 0; per column when s is an array): bins that
+    fall below the new lowest bin are dropped."""
+    if np.ndim(s) == 0:
+        if s == 0:
+            return bins
+        out = np.zeros_like(bins)
+        if s < K_BINS:
+            out[: K_BINS - s] = bins[s:]
+        return out
+    s = np.asarray(s)
     out = np.zeros_like(bins)
-    if s < K_BINS:
-        out[: K_BINS - s] = bins[s:]
+    cols = np.arange(bins.shape[1])
+    for k in range(K_BINS):
+        src = k + s
+        ok = src < K_BINS
+        out[k, ok] = bins[src[ok], cols[ok]]
     return out
+
+
+def binned_columns(columns: np.ndarray, w: np.ndarray, size: int) -> Binned:
+    """Reproducible ``np.bincount(columns, weights=w, minlength=size)`` with one top bin per
+    column (the bin of the column's largest |w|): exact digit sums via ``bincount``."""
+    columns = np.asarray(columns, dtype=np.int64)
+    w = np.asarray(w, dtype=np.float64)
+    tops = np.full(size, NO_BIN, dtype=np.int64)
+    if w.size:
+        np.maximum.at(tops, columns, _row_bins(w))
+    D = _digits(w, np.where(w == 0, 0, tops[columns]) if w.size else tops[:0])
+    bins = np.stack([np.bincount(columns, weights=D[:, k], minlength=size) for k in range(K_BINS)])
+    return Binned(tops, bins)
 
 
 def _digit_totals(D: np.ndarray) -> np.ndarray:
@@ -129,11 +175,8 @@ def binned_sum(x: np.ndarray) -> Binned:
 
 
 def binned_bincount(codes: np.ndarray, w: np.ndarray, size: int) -> Binned:
-    """Reproducible ``np.bincount(codes, weights=w, minlength=size)``."""
-    top = _top_bin(w)
-    D = _digits(w, top)
-    bins = np.stack([np.bincount(codes, weights=D[:, k], minlength=size) for k in range(K_BINS)])
-    return Binned(top, bins)
+    """Reproducible ``np.bincount(codes, weights=w, minlength=size)`` (per-level tops)."""
+    return binned_columns(codes, w, size)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -210,21 +253,30 @@ def _live_mult(block: Block, view: View) -> np.ndarray:
 def _column_sums(block: Block, w: np.ndarray, view: View, total: bool = False) -> Any:
     """Reproducible Aᵀw over the view's columns (entries, ``<unmatched>``, margin levels);
     with ``total``, also the reproducible Σ w from the same digits: (Aᵀw, Σw)."""
-    top = _top_bin(w)
-    D = _digits(w, top)  # (s, K), C order: one K-wide sparse pass, no copy
-    bins = np.zeros((K_BINS, view.n_columns))
-    if block.indices.size:
-        bins[:, : block.n_entries] = (block.csr().T @ D).T
+    # One top bin per column (a global one would round a column of tiny terms to 0 next to a
+    # column of large ones): the digits are cut per incidence, at its column's top.
+    w = np.asarray(w, dtype=np.float64)
+    parts = [binned_columns(block.indices, np.repeat(w, block.k), block.n_entries)]
     if view.keep_unmatched:
-        bins[:, view.uid] += _digit_totals(D[block.k == 0])
+        parts.append(
+            binned_columns(np.zeros(int(np.sum(block.k == 0)), np.int64), w[block.k == 0], 1)
+        )
+    else:
+        parts.append(None)
+    tops = np.full(view.n_columns, NO_BIN, dtype=np.int64)
+    bins = np.zeros((K_BINS, view.n_columns))
+    tops[: block.n_entries] = parts[0].top
+    bins[:, : block.n_entries] = parts[0].bins
+    if parts[1] is not None:
+        tops[view.uid] = parts[1].top[0]
+        bins[:, view.uid] = parts[1].bins[:, 0]
     for col, off, size in view.margins:
-        for k in range(K_BINS):
-            bins[k, off : off + size] += np.bincount(
-                block.codes[col], weights=D[:, k], minlength=size
-            )
+        level = binned_columns(block.codes[col], w, size)
+        tops[off : off + size] = level.top
+        bins[:, off : off + size] = level.bins
     if total:
-        return Binned(top, bins), Binned(top, _digit_totals(D))
-    return Binned(top, bins)
+        return Binned(tops, bins), binned_sum(w)
+    return Binned(tops, bins)
 
 
 def _int_column_sums(block: Block, w: np.ndarray, view: View) -> np.ndarray:
