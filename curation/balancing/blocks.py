@@ -252,28 +252,24 @@ def _live_mult(block: Block, view: View) -> np.ndarray:
 
 def _column_sums(block: Block, w: np.ndarray, view: View, total: bool = False) -> Any:
     """Reproducible Aᵀw over the view's columns (entries, ``<unmatched>``, margin levels);
-    with ``total``, also the reproducible Σ w from the same digits: (Aᵀw, Σw)."""
+    with ``total``, also the reproducible Σ w: (Aᵀw, Σw)."""
     # One top bin per column (a global one would round a column of tiny terms to 0 next to a
     # column of large ones): the digits are cut per incidence, at its column's top.
     w = np.asarray(w, dtype=np.float64)
-    parts = [binned_columns(block.indices, np.repeat(w, block.k), block.n_entries)]
-    if view.keep_unmatched:
-        parts.append(
-            binned_columns(np.zeros(int(np.sum(block.k == 0)), np.int64), w[block.k == 0], 1)
-        )
-    else:
-        parts.append(None)
     tops = np.full(view.n_columns, NO_BIN, dtype=np.int64)
     bins = np.zeros((K_BINS, view.n_columns))
-    tops[: block.n_entries] = parts[0].top
-    bins[:, : block.n_entries] = parts[0].bins
-    if parts[1] is not None:
-        tops[view.uid] = parts[1].top[0]
-        bins[:, view.uid] = parts[1].bins[:, 0]
+
+    def put(off: int, part: Binned) -> None:
+        size = part.bins.shape[1]
+        tops[off : off + size] = part.top
+        bins[:, off : off + size] = part.bins
+
+    put(0, binned_columns(block.indices, np.repeat(w, block.k), block.n_entries))
+    if view.keep_unmatched:
+        empty = w[block.k == 0]
+        put(view.uid, binned_columns(np.zeros(empty.size, np.int64), empty, 1))
     for col, off, size in view.margins:
-        level = binned_columns(block.codes[col], w, size)
-        tops[off : off + size] = level.top
-        bins[:, off : off + size] = level.bins
+        put(off, binned_columns(block.codes[col], w, size))
     if total:
         return Binned(tops, bins), binned_sum(w)
     return Binned(tops, bins)
