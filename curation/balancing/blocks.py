@@ -79,23 +79,20 @@ def _row_bins(x: np.ndarray) -> np.ndarray:
 
 
 def _digits(x: np.ndarray, top: int | np.ndarray) -> np.ndarray:
-    """``(n, K)`` (C order) integer-valued digits of x on the absolute bins top−K+1 … top (sign
-    kept, bits below the lowest bin dropped); every operation is exact. ``top``: one bin for
-    all of x, or one per element."""
+    """``(K, n)`` integer-valued digits of x on the absolute bins top−K+1 … top (sign kept,
+    bits below the lowest bin dropped); every operation is exact. ``top``: one bin for all of
+    x, or one per element. (One contiguous row per bin: half the time of an (n, K) layout.)"""
     lo = np.asarray(top, dtype=np.int64) - K_BINS + 1
     q = np.ldexp(np.asarray(x, dtype=np.float64), -W_BITS * lo)  # |q| < 2^(W·K)
-    D = np.empty((q.size, K_BINS))
+    D = np.empty((K_BINS, q.size))
     tmp = np.empty(q.size)
-    d = np.empty(q.size)
     for k in range(K_BINS - 1, 0, -1):
         # powers of two: the products are exact (an underflow only hits digits that are 0)
         np.multiply(q, _DOWN[k], out=tmp)
-        np.trunc(tmp, out=d)
-        D[:, k] = d
-        np.multiply(d, _UP[k], out=tmp)
+        np.trunc(tmp, out=D[k])
+        np.multiply(D[k], _UP[k], out=tmp)
         q -= tmp  # exact: the bits of q below bin k
-    np.trunc(q, out=d)
-    D[:, 0] = d
+    np.trunc(q, out=D[0])
     return D
 
 
@@ -149,22 +146,33 @@ def _shift(bins: np.ndarray, s: int | np.ndarray) -> np.ndarray:
     return out
 
 
+#: Incidences cut into digits at a time by :func:`binned_columns` (bounds its scratch memory:
+#: K × 8 bytes per incidence, 128 MiB at 4M).
+DIGIT_CHUNK = 1 << 22
+
+
 def binned_columns(columns: np.ndarray, w: np.ndarray, size: int) -> Binned:
     """Reproducible ``np.bincount(columns, weights=w, minlength=size)`` with one top bin per
-    column (the bin of the column's largest |w|): exact digit sums via ``bincount``."""
+    column (the bin of the column's largest |w|): exact digit sums via ``bincount``, in chunks
+    of :data:`DIGIT_CHUNK` incidences (integer-valued partial sums: exact in any grouping)."""
     columns = np.asarray(columns, dtype=np.int64)
     w = np.asarray(w, dtype=np.float64)
     tops = np.full(size, NO_BIN, dtype=np.int64)
+    bins = np.zeros((K_BINS, size))
     if w.size:
         np.maximum.at(tops, columns, _row_bins(w))
-    D = _digits(w, np.where(w == 0, 0, tops[columns]) if w.size else tops[:0])
-    bins = np.stack([np.bincount(columns, weights=D[:, k], minlength=size) for k in range(K_BINS)])
+    for start in range(0, w.size, DIGIT_CHUNK):
+        c = columns[start : start + DIGIT_CHUNK]
+        v = w[start : start + DIGIT_CHUNK]
+        D = _digits(v, np.where(v == 0, 0, tops[c]))
+        for k in range(K_BINS):
+            bins[k] += np.bincount(c, weights=D[k], minlength=size)
     return Binned(tops, bins)
 
 
 def _digit_totals(D: np.ndarray) -> np.ndarray:
-    """Σ over rows of the ``(n, K)`` digits (integers < 2^W: exact in any order, so BLAS)."""
-    return np.ones(D.shape[0]) @ D if D.shape[0] else np.zeros(K_BINS)
+    """Σ over elements of the ``(K, n)`` digits (integers < 2^W: exact in any order, so BLAS)."""
+    return D @ np.ones(D.shape[1]) if D.shape[1] else np.zeros(K_BINS)
 
 
 def binned_sum(x: np.ndarray) -> Binned:
