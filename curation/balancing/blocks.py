@@ -182,11 +182,6 @@ def binned_sum(x: np.ndarray) -> Binned:
     return Binned(top, _digit_totals(_digits(x, top)))
 
 
-def binned_bincount(codes: np.ndarray, w: np.ndarray, size: int) -> Binned:
-    """Reproducible ``np.bincount(codes, weights=w, minlength=size)`` (per-level tops)."""
-    return binned_columns(codes, w, size)
-
-
 # ---------------------------------------------------------------------------- blocks
 @dataclass
 class Block:
@@ -400,7 +395,7 @@ def _k_balance(
     if levels:
         aa = _eta(block, a, view)
         for col in levels:
-            out[f"x:{col}"] = binned_bincount(block.codes[col], wb * aa, b[col].size)
+            out[f"x:{col}"] = binned_columns(block.codes[col], wb * aa, b[col].size)
     return out
 
 

@@ -268,12 +268,10 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
     return options
 
 
-def signatures_frame(
-    spark: SparkSession, counts: str, margins: list[str], ordered: bool = True
-) -> DataFrame:
-    """The count stage's signature table over ``margins`` (summed over the other margins), in
-    canonical order (sorted by entry ids and margins) if ``ordered``, so that the driver's
-    solved parameters do not depend on how Spark partitioned it."""
+def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> DataFrame:
+    """The count stage's signature table over ``margins`` (summed over the other margins), so
+    that (entry ids, margin values) is a unique key: sorted by it, the table has one canonical
+    order, and the driver's solved parameters do not depend on how Spark partitioned it."""
     df = spark.read.parquet(storage.spark_url(storage.join(counts, "signatures")))
     missing = [m for m in margins if m not in df.columns]
     if missing:
@@ -282,17 +280,7 @@ def signatures_frame(
         )
     # Summed over the margins not asked for: otherwise (entry ids, margins) repeat, their order
     # among equals follows the partitioning, and so would the last bits of every solved number.
-    table = df.groupBy("entry_ids", *margins).agg(F.sum("multiplicity").alias("multiplicity"))
-    return table.orderBy("entry_ids", *margins) if ordered else table
-
-
-def read_signatures(
-    spark: SparkSession, counts: str, margins: list[str], n_entries: int
-) -> SignatureTable:
-    """The count stage's signature table, in canonical order, as a driver-side SignatureTable."""
-    return SignatureTable.from_arrow(
-        signatures_frame(spark, counts, margins).toArrow(), n_entries, margins
-    )
+    return df.groupBy("entry_ids", *margins).agg(F.sum("multiplicity").alias("multiplicity"))
 
 
 # Rebuilt ScoreParams per Python worker, keyed by a digest of their JSON: a reused worker builds
@@ -468,14 +456,10 @@ def run_balance(
             f"{config.counts}: no sample matched any entry; nothing to balance "
             "(check the metadata list, or use --keep-unmatched)"
         )
+    frame = signatures_frame(spark, config.counts, margins)
     execution = config.execution
     if execution == "auto":
-        n_signatures, nnz = signature_table_size(
-            signatures_frame(spark, config.counts, margins, ordered=False)
-        )
-        execution = choose_execution(n_signatures, nnz, config.max_driver_nnz)
-    # The Spark path's sums do not depend on the row order: no sort (a shuffle of the table).
-    frame = signatures_frame(spark, config.counts, margins, ordered=execution == "driver")
+        execution = choose_execution(*signature_table_size(frame), config.max_driver_nnz)
     log.info(
         "balance: %s on the %s (%d matched samples, %d entries)",
         config.method,
@@ -486,7 +470,10 @@ def run_balance(
     table = None
     try:
         if execution == "driver":
-            table = SignatureTable.from_arrow(frame.toArrow(), len(entries), margins)
+            # The canonical order; the Spark path's sums do not depend on the row order, so it
+            # skips the sort (a shuffle of the table).
+            ordered = frame.orderBy("entry_ids", *margins)
+            table = SignatureTable.from_arrow(ordered.toArrow(), len(entries), margins)
         # one bar over every solver iteration (all inner solves of a target-size search)
         with progress.bar(f"balance: {config.method} on the {execution}", unit="iter"):
             if table is not None:
