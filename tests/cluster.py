@@ -48,6 +48,22 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
+def reap_marked(marker: str, tries: int = 50, grace: int = 0) -> None:
+    """Wait for the processes marked with ``marker`` to exit, polling every 0.1 s up to
+    ``tries`` times; after ``grace`` polls, SIGKILL those still there."""
+    for attempt in range(tries):
+        left = marked_pids(marker)
+        if not left:
+            return
+        if attempt >= grace:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.1)
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
@@ -153,16 +169,7 @@ class StandaloneCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        for _ in range(50):
-            left = marked_pids(self.marker)
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        reap_marked(self.marker)
 
 
 def _spawn(command: list[str], env: dict[str, str], log) -> subprocess.Popen:

@@ -25,7 +25,7 @@ from curation.stages.balance import BalanceConfig, run_balance
 from curation.stages.count import CountConfig, run_count
 from curation.stages.match import MatchConfig, run_match
 from curation.storage import StageInputError
-from tests.cluster import FAST_JVM, MARKER_VAR, marked_pids
+from tests.cluster import FAST_JVM, MARKER_VAR, reap_marked
 
 REPO = Path(__file__).resolve().parents[1]
 CURATE = Path(sys.executable).parent / "curate"
@@ -85,17 +85,8 @@ def kill_mid_stage(argv: list[str], ready, root: Path, timeout: float = 120) -> 
             proc.kill()
             proc.wait(timeout=30)
         proc.stderr.close()
-        for _ in range(100):  # the JVM exits when its driver goes; orphans are reaped here
-            left = marked_pids(marker)
-            if not left:
-                break
-            if _ >= 30:
-                for pid in left:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            time.sleep(0.1)
+        # the JVM exits when its driver goes; orphans are reaped here
+        reap_marked(marker, tries=100, grace=30)
 
 
 def pool_rows(directory: Path) -> list[tuple[str, tuple[int, ...]]]:

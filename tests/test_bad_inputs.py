@@ -21,9 +21,9 @@ from curation.cli import main
 from curation.demo import generate_captions
 from curation.shards.tario import CorruptTarError, scan_tar
 from curation.stages.balance import BalanceConfig, BalanceConfigError, run_balance
-from curation.stages.count import CountConfig, run_count
 from curation.stages.match import MatchConfig, run_match
 from curation.storage import StageInputError
+from tests.pipeline import match_and_count
 from tests.servers import InputSample, selection_row, write_input_shards, write_selected
 
 ENTRIES = ["cat", "dog", "hot dog", "red"]
@@ -217,25 +217,13 @@ def test_an_unreadable_parquet_file_is_named_in_one_line(spark, tmp_path, meta, 
 def counted(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-balance")
     entries = [f"w{i}" for i in range(50)]
-    (root / "meta.json").write_text(json.dumps(entries))
     captions, source = generate_captions(entries, 800, seed=1, exponent=1.2)
     rows = [
         {"uid": f"{i:032x}", "url": f"u{i}", "caption": c, "source": "abc"[s]}
         for i, (c, s) in enumerate(zip(captions, source))
         if c and c.strip() and len(c) < 1000
     ]
-    pq.write_table(pa.Table.from_pylist(rows), root / "pool.parquet")
-    matched = run_match(
-        spark,
-        MatchConfig(
-            input=str(root / "pool.parquet"),
-            output=str(root / "m"),
-            metadata=str(root / "meta.json"),
-        ),
-    ).output
-    counts = run_count(
-        spark, CountConfig(input=matched, output=str(root / "c"), margins=["source"])
-    )
+    matched, counts = match_and_count(spark, root, rows, entries)
     return root, matched, counts.output, counts.summary["matched"]
 
 

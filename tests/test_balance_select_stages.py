@@ -7,7 +7,6 @@ import os
 from collections import Counter
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +17,7 @@ from curation.stages.balance import BalanceConfig, BalanceConfigError, run_balan
 from curation.stages.count import CountConfig, run_count
 from curation.stages.match import MatchConfig, run_match
 from curation.stages.select import SelectConfig, run_select
+from tests.pipeline import match_and_count
 
 ENTRIES = [f"w{i}" for i in range(400)] + ["hot dog", "New York", "the"]
 SOURCES = ("web-a", "web-b", "web-c")
@@ -36,20 +36,8 @@ def pool_rows():
 @pytest.fixture(scope="module")
 def matched(spark, tmp_path_factory, pool_rows):
     root = tmp_path_factory.mktemp("pipeline")
-    (root / "meta.json").write_text(json.dumps(ENTRIES))
-    pq.write_table(pa.Table.from_pylist(pool_rows), root / "pool.parquet")
-    matched = run_match(
-        spark,
-        MatchConfig(
-            input=str(root / "pool.parquet"),
-            output=str(root / "m"),
-            metadata=str(root / "meta.json"),
-        ),
-    ).output
-    counts = run_count(
-        spark, CountConfig(input=matched, output=str(root / "c"), margins=["source"])
-    ).output
-    return root, matched, counts
+    matched, counts = match_and_count(spark, root, pool_rows, ENTRIES)
+    return root, matched, counts.output
 
 
 def naive_counts(rows) -> tuple[dict[str, list[int]], np.ndarray]:
