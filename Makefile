@@ -13,17 +13,42 @@ STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install demo run test test-cluster lint format metadata demo-pool match count balance select download reshard report bench-match bench-balance bench-shards clean-demo
+.PHONY: install lock test-latest demo run test test-cluster lint format metadata demo-pool match count balance select download reshard report bench-match bench-balance bench-shards clean-demo
 
-# The virtual environment is (re)built when missing or when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The lock: every package pinned, for the supported Python (3.11). `make install`, `make test`
+# and CI install exactly these versions; pyproject.toml keeps ranges for people who install the
+# package into their own environment. `make lock` re-resolves it (then run `make test`, commit both).
+LOCK := requirements/lock-py311.txt
+UV_VERSION := 0.13.9
+
+# The virtual environment is (re)built when missing or when pyproject.toml or the lock changes.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v java >/dev/null || { echo "Java is required by Spark: sudo apt-get install -y openjdk-17-jre-headless"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,download]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra download --python-version 3.11 \
+	  --override requirements/overrides.txt --upgrade -o $(LOCK)
+
+# Drift check for maintainers: the newest versions pyproject.toml allows, no lock, in a venv of its
+# own; run by hand before `make lock` to see what a user installing today would get.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e '.[test,download]'
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
+	diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | sed 's/ .*//' | tr A-Z_ a-z-) \
+	  <(tr A-Z_ a-z- < $(LATEST_VENV)/freeze.txt | sort) | grep '^[<>]' || echo "no drift from the lock"
+	PYSPARK_PYTHON=$(abspath $(LATEST_VENV))/bin/python $(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The whole pipeline on the built-in demo pool (configs/demo.yaml), after starting a loopback image
 # server that stands in for the web (the demo pool's URLs point at it).

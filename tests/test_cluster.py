@@ -167,7 +167,7 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
     match_log = cluster.root / "match.out"
     killed = None
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 600  # hang guard
         while time.monotonic() < deadline and match.poll() is None:
             # a running write task has an attempt directory: two means both executors are busy
             running = list(out.glob("matched.tmp-*/pool/_temporary/*/_temporary/attempt_*"))
@@ -183,7 +183,7 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
                 + match_log.read_text(errors="replace")[-4000:]
             )
         assert match.poll() is None
-        match.wait(timeout=180)
+        match.wait(timeout=900)  # hang guard
     finally:
         if match.poll() is None:
             match.kill()
@@ -260,7 +260,7 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
         env=env,
         check=True,
         capture_output=True,
-        timeout=180,
+        timeout=900,  # hang guard
     )
 
     timings["local"] = round(time.monotonic() - started - timings["cluster"], 1)
@@ -280,4 +280,5 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
         assert comparable(out / stage / "summary.json") == comparable(
             local / stage / "summary.json"
         ), stage
-    assert time.monotonic() - started < 240, timings
+    # a hang guard only: a loaded two-core machine takes several times the ~120 s of an idle one
+    assert time.monotonic() - started < 1800, f"hang guard: the run took over 30 min ({timings})"
