@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,9 @@ from curation import __version__
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
+#: In a stage's temporary directory: who writes it (host, pid), so that only a dead run's leftovers
+#: are ever cleaned up, and a live run's are reported as "in use".
+OWNER = "_owner.json"
 
 
 class StageInputError(ValueError):
@@ -193,12 +197,16 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
     fs, path = url_to_fs(url)
     path = path.rstrip("/")
     protocol = url.split("://", 1)[0] + "://" if not is_local(url) else ""
+    check_output_is_ours(url, [i["url"] for i in manifest.get("inputs", {}).values()])
     for stale in fs.glob(f"{path}.tmp-*"):
-        fs.rm(stale, recursive=True)
+        _remove_if_dead(fs, stale, url)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     fs.makedirs(tmp, exist_ok=True)
+    with fs.open(join(tmp, OWNER), "wb") as f:
+        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
     try:
         yield protocol + tmp if protocol else tmp
+        fs.rm(join(tmp, OWNER))
         with fs.open(join(tmp, MANIFEST), "wb") as f:
             f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
         old = None
@@ -219,6 +227,81 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
+
+
+class OutputNotOursError(StageInputError):
+    """The output path holds something this tool did not write, or overlaps an input."""
+
+
+def _norm(url: str) -> str:
+    fs, path = url_to_fs(url)
+    if is_local(url):
+        path = os.path.realpath(path)
+    return path.rstrip("/")
+
+
+def check_output_is_ours(url: str, inputs: list[str]) -> None:
+    """Refuse an output that would destroy what the stage did not write: a regular file, a
+    non-empty directory without our manifest, or a path equal to, inside or around an input."""
+    out = _norm(url)
+    for inp in inputs:
+        src = _norm(inp)
+        if out == src or out.startswith(src + "/") or src.startswith(out + "/"):
+            raise OutputNotOursError(
+                f"{url}: the output is {'the same as' if out == src else 'inside' if out.startswith(src + '/') else 'around'} "
+                f"the input {inp}; writing it would replace the input. Choose another output directory"
+            )
+    fs, path = url_to_fs(url)
+    path = path.rstrip("/")
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        raise OutputNotOursError(
+            f"{url}: exists and is a file, not a stage output directory; choose another output "
+            "path (nothing was changed)"
+        )
+    if fs.exists(join(path, MANIFEST)) or not fs.ls(path):
+        return  # our own output (committed or not), or an empty directory
+    raise OutputNotOursError(
+        f"{url}: exists and was not written by curate (it has no {MANIFEST}); refusing to replace "
+        "it. Choose a new or empty output directory (nothing was changed)"
+    )
+
+
+def _remove_if_dead(fs: fsspec.AbstractFileSystem, stale: str, url: str) -> None:
+    """Remove a temporary directory of ours whose writer is gone; refuse one in use."""
+    owner = join(stale, OWNER)
+    if fs.exists(owner):
+        try:
+            with fs.open(owner, "rb") as f:
+                who = json.load(f)
+        except (ValueError, OSError):
+            who = {}
+        if who.get("host") == socket.gethostname() and _alive(int(who.get("pid", -1))):
+            raise OutputNotOursError(
+                f"{url}: in use by another run (process {who['pid']} is writing {stale}); wait "
+                "for it to finish or choose another output directory"
+            )
+        if who.get("host") not in (None, socket.gethostname()):
+            raise OutputNotOursError(
+                f"{url}: {stale} is being written by a run on host {who['host']}, which cannot be "
+                "checked from here; if that run is gone, delete the folder by hand"
+            )
+    elif not fs.exists(join(stale, MANIFEST)):
+        return  # neither an owner nor a manifest: not provably ours, leave it alone
+    fs.rm(stale, recursive=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- Object-store options (s3:// through s3fs) --------------------------------------------------
