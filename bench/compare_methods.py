@@ -1,17 +1,21 @@
 """Compare metaclip, balance and rake on real captions at the same expected output size.
 
-    .venv/bin/python bench/compare_methods.py [--fraction 0.3] [--min-unigram-count 20]
+    .venv/bin/python bench/compare_methods.py [--fractions 0.1 0.3 0.5] [--min-unigram-count 20]
 
 Pool: every caption of RedCaps (explore sample), COCO val2017 and Flickr8k found in
 ``../shared/data`` (the project's workspace; not shipped). Metadata: built from the same captions
 by the ``metadata`` stage (unigrams seen at least ``--min-unigram-count`` times, bigrams with PMI
 of at least ``--min-bigram-pmi`` bits and ``--min-bigram-count`` occurrences), as a user would
-build one from their own corpus. Then ``match`` and ``count`` as in any run, and each method solved
-on the driver for the same target size N = ``--fraction`` × matched samples.
+build one from their own corpus; and, second, the shipped WordNet list (``metadata/default.json``).
+Then ``match`` and ``count`` as in any run, and each method solved on the driver for the same target
+size N = each of ``--fractions`` × matched samples: metaclip, balance, rake (default, tail-keeping)
+and rake with ``objective="l1"``.
 
-Every method is scored against one common target, MetaCLIP's: τ_j = min(c_j, t) with t the cap
-at which MetaCLIP's rule keeps N samples in expectation, and also against its own target. Results:
-``bench/out/compare/results.json`` and a Markdown table on stdout.
+Every method is scored against MetaCLIP's cap t_mc at N (:func:`entry_quality`): the share kept of
+tail entries (c_j ≤ t_mc) and head entries, the head overshoot over t_mc, entropy and top-100 share
+of the expected entry distribution, TV distance to the best capped target, Kish ESS, max/mean weight,
+solver passes and status. Results: ``bench/out/compare/results.json`` and a Markdown table on
+stdout. Run it on your own pool by pointing the pool and metadata paths at it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import load_real_captions  # noqa: E402
 
 from curation.balancing import SignatureTable, diagnostics, run_method  # noqa: E402
-from curation.balancing.targets import capped_targets  # noqa: E402
 from curation.spark import SparkConfig, get_spark  # noqa: E402
 from curation.stages.count import CountConfig, run_count  # noqa: E402
 from curation.stages.match import MatchConfig, run_match  # noqa: E402
@@ -42,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fraction", type=float, default=0.3)
+    parser.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.1, 0.3, 0.5], help="N / matched samples"
+    )
     parser.add_argument("--min-unigram-count", type=int, default=20)
     parser.add_argument("--min-bigram-pmi", type=float, default=12.0)
     parser.add_argument("--min-bigram-count", type=int, default=20)
@@ -92,74 +97,122 @@ def main() -> None:
     counts = run_count(
         spark, CountConfig(input=matched, output=str(work / "counts"), margins=["source"])
     ).output
-    entries = json.loads((work / "metadata.json").read_text())
-    signatures = (
-        spark.read.parquet(str(Path(counts) / "signatures"))
-        .orderBy("entry_ids", "source")
-        .toArrow()
-    )
-    table = SignatureTable.from_arrow(signatures, len(entries), ["source"])
-    n_target = args.fraction * table.n_matched
+    tables = {"corpus": (work / "metadata.json", counts)}
+    wordnet = REPO / "metadata" / "default.json"
+    matched_wn = run_match(
+        spark,
+        MatchConfig(
+            input=str(work / "pool.parquet"),
+            output=str(work / "matched-wordnet"),
+            metadata=str(wordnet),
+        ),
+    ).output
+    counts_wn = run_count(
+        spark,
+        CountConfig(input=matched_wn, output=str(work / "counts-wordnet"), margins=["source"]),
+    ).output
+    tables["wordnet"] = (wordnet, counts_wn)
     prep_seconds = time.perf_counter() - started
-
-    results: dict[str, dict] = {}
-    solved = {}
-    for method in ("metaclip", "balance", "rake"):
-        t0 = time.perf_counter()
-        solved[method] = run_method(table, method, target_size=n_target)
-        results[method] = {"seconds": time.perf_counter() - t0, "t": solved[method].info.get("t")}
-    t_common = solved["metaclip"].info["t"]
-    common = capped_targets(table.entry_counts(), t_common)
-    for method, result in solved.items():
-        own = diagnostics(table, result)
-        shared = diagnostics(table, result, targets=common)
-        after = shared["entries_after"]
-        results[method].update(
-            {
-                "expected_size": own["inclusion"]["expected_size"],
-                "status": result.info.get("status", "closed_form"),
-                "common_target": {
-                    "l1_error": after["l1_error"],
-                    "max_rel_err_head": after["max_rel_err_head"],
-                },
-                "own_target": {
-                    "l1_error": own["entries_after"]["l1_error"],
-                    "max_rel_err_head": own["entries_after"]["max_rel_err_head"],
-                },
-                "entropy_nats": after["entropy_nats"],
-                "tail_entries_fully_kept_share": after["tail_entries_fully_kept_share"],
-                "kish_ess": own["weights"]["kish_ess"],
-                "max_over_mean": own["weights"]["max_over_mean"],
-            }
-        )
     summary = {
         "captions": len(rows),
         "sets": {name: len(captions.get(name, [])) for name in SETS},
-        "entries": len(entries),
-        "entries_observed": int((table.entry_counts() > 0).sum()),
-        "matched": int(table.n_matched),
-        "target_size": n_target,
-        "t_common": t_common,
         "prep_seconds": prep_seconds,
-        "methods": results,
+        "lists": {},
     }
+    lines = [
+        "| list | N | method | cap t | tail share kept | head share kept | head overshoot | entropy (nats) | top-100 share | TV to capped target | Kish ESS | max/mean w | passes | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for list_name, (meta_path, counts_dir) in tables.items():
+        entries = json.loads(Path(meta_path).read_text())
+        signatures = (
+            spark.read.parquet(str(Path(counts_dir) / "signatures"))
+            .groupBy("entry_ids")
+            .sum("multiplicity")
+            .withColumnRenamed("sum(multiplicity)", "multiplicity")
+            .orderBy("entry_ids")
+            .toArrow()
+        )
+        table = SignatureTable.from_arrow(signatures, len(entries))
+        per_list = summary["lists"][list_name] = {
+            "entries": len(entries),
+            "entries_observed": int((table.entry_counts() > 0).sum()),
+            "matched": int(table.n_matched),
+            "sizes": {},
+        }
+        for fraction in args.fractions:
+            n_target = fraction * table.n_matched
+            rows_out = compare_at(table, n_target)
+            per_list["sizes"][str(fraction)] = rows_out
+            for method, r in rows_out.items():
+                lines.append(
+                    f"| {list_name} | {fraction:.0%} | {method} | {r['t']:.4g} | {r['tail_share']:.4f} | "
+                    f"{r['head_share']:.3f} | {r['head_overshoot']:.3f} | {r['entropy_nats']:.3f} | "
+                    f"{r['top100_share']:.3f} | {r['tv_to_capped']:.3f} | {r['kish_ess']:,.0f} | "
+                    f"{r['max_over_mean']:.2f} | {r['passes']} | {r['status']} |"
+                )
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"{summary['captions']:,} captions, {summary['entries']:,} entries "
-        f"({summary['entries_observed']:,} observed), {summary['matched']:,} matched, "
-        f"N = {n_target:,.0f}, common target min(c_j, {t_common:.4g})\n"
-    )
-    print(
-        "| method | t | expected size | L1 error (common target) | max head rel. error (common) | L1 error (own target) | entropy (nats) | tail fully kept | Kish ESS | max/mean w | solve s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for method, r in results.items():
-        print(
-            f"| {method} | {r['t']:.4g} | {r['expected_size']:,.0f} | {r['common_target']['l1_error']:.3f} | "
-            f"{r['common_target']['max_rel_err_head']:.3g} | {r['own_target']['l1_error']:.3f} | "
-            f"{r['entropy_nats']:.3f} | {r['tail_entries_fully_kept_share']:.1%} | {r['kish_ess']:,.0f} | "
-            f"{r['max_over_mean']:.2f} | {r['seconds']:.1f} |"
+        f"{summary['captions']:,} captions; lists: "
+        + ", ".join(
+            f"{k} ({v['entries']:,} entries, {v['matched']:,} matched)"
+            for k, v in summary["lists"].items()
         )
+    )
+    print("\n".join(lines))
+
+
+def entry_quality(table: SignatureTable, pi, t_mc: float) -> dict:
+    """What users check of a balanced set, from the expected entry counts n_j = Σ_{i ∋ j} π_i:
+    the shares kept of the tail (c_j ≤ t_mc) and head entries, the head overshoot
+    Σ_j max(0, n_j − t_mc)/Σ_j n_j, the entropy and top-100 share of n/Σn, and the total variation
+    distance of n/Σn to the best capped target min(c_j, t*)/Σ (t* the cap with the same Σ)."""
+    import numpy as np
+
+    c = table.entry_counts().astype(float)
+    n = table.entry_sums(table.multiplicity * pi)
+    tail, head = (c > 0) & (c <= t_mc), c > t_mc
+    p = n[n > 0] / n.sum()
+    total = n.sum()
+    lo, hi = 0.0, float(c.max())
+    for _ in range(100):  # t* with Σ_j min(c_j, t*) = Σ_j n_j
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.minimum(c, mid).sum() < total else (lo, mid)
+    capped = np.minimum(c, hi)
+    return {
+        "tail_share": float(n[tail].sum() / c[tail].sum()) if tail.any() else 1.0,
+        "tail_min_share": float((n[tail] / c[tail]).min(initial=1.0)),
+        "head_share": float(n[head].sum() / c[head].sum()) if head.any() else 1.0,
+        "head_overshoot": float(np.maximum(n - t_mc, 0).sum() / total),
+        "entropy_nats": float(-(p * np.log(p)).sum()),
+        "top100_share": float(np.sort(n)[::-1][:100].sum() / total),
+        "tv_to_capped": float(0.5 * np.abs(n / total - capped / capped.sum()).sum()),
+    }
+
+
+def compare_at(table: SignatureTable, n_target: float) -> dict:
+    """Every method at the same expected size N, scored by :func:`entry_quality` against
+    MetaCLIP's cap t_mc at N."""
+    solved = {
+        "metaclip": run_method(table, "metaclip", target_size=n_target),
+        "balance": run_method(table, "balance", target_size=n_target),
+        "rake": run_method(table, "rake", target_size=n_target),
+        "rake (l1)": run_method(table, "rake", target_size=n_target, objective="l1"),
+    }
+    t_mc = solved["metaclip"].info["t"]
+    out = {}
+    for method, result in solved.items():
+        weights = diagnostics(table, result)["weights"]
+        out[method] = {
+            "t": result.info.get("t") or t_mc,
+            "expected_size": float(result.pi @ table.multiplicity),
+            **entry_quality(table, result.pi, t_mc),
+            "kish_ess": weights["kish_ess"],
+            "max_over_mean": weights["max_over_mean"],
+            "passes": result.info.get("passes", 0),
+            "status": result.info.get("status", "closed form"),
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from curation.balancing.blocks import (
     binned_sum,
     prob_scale_newton,
 )
+from curation.balancing.dual_solver import solve_box_dual
 from curation.balancing.operators import LocalRakeOperator, build_problem
-from curation.balancing.rake import solve_dual
 from curation.balancing.synthetic import synthetic_table
+
+from .approx import assert_tree_close
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,8 @@ def test_blocks_are_bitwise_independent_of_partitioning_and_row_order(table, met
 
 @pytest.mark.parametrize(("method", "kw"), METHODS[:4])
 def test_blocks_agree_with_the_plain_driver_path(table, method, kw):
-    """metaclip and balance are not chaotic: the two summation schemes agree to ~1e-14."""
+    """metaclip and balance are not chaotic: the two summation schemes agree to rounding (1e-9
+    asserted), not to the bit: the block sums are exact, SciPy's are not."""
     plain = run_method(table, method, **kw)
     rep = run_method_on(MemoryBlockOperator(table), method, stats=True, **kw)
     np.testing.assert_allclose(rep.params.entry_values, plain.params.entry_values, rtol=1e-9)
@@ -126,24 +129,26 @@ def test_blocks_agree_with_the_plain_driver_path(table, method, kw):
         for key, v in d_plain[part].items():
             if isinstance(v, float):
                 assert d_rep[part][key] == pytest.approx(v, rel=1e-9, abs=1e-12), (part, key)
-    assert d_rep["pool"] == d_plain["pool"]
+    # the pool section holds the solved cap t, a float from each path's own sums
+    assert_tree_close(d_rep["pool"], d_plain["pool"], rel=1e-9)
     assert d_rep["inclusion"]["pi_histogram"] == d_plain["inclusion"]["pi_histogram"]
 
 
-def test_rake_iteration_is_the_same_math_without_acceleration(table):
-    """Without Anderson/Rprop the GIS trajectory is not chaotic: block sums and SciPy sums stay
-    within 1e-9 after 150 iterations. (With acceleration, a one-ulp difference grows to a different
-    trajectory: that is why Spark and the reproducible driver path use exact binned sums.)"""
+def test_rake_solver_reaches_the_same_optimum_on_both_sums(table):
+    """The quasi-Newton path depends on the last bits of every sum, so the block sums and SciPy's
+    take different paths; on a feasible problem both end at the one optimum."""
     prob = build_problem(table, ["lang"])
-    tau = np.minimum(prob.A.T @ prob.mult, 10.0)
-    kw = {"tol": 1e-12, "max_iter": 150, "anderson": 0, "grow": False}
-    plain = solve_dual(LocalRakeOperator.from_problem(prob), tau, **kw)
-    rep = solve_dual(MemoryBlockOperator(table, 3).work(False).rake_problem(["lang"]), tau, **kw)
-    assert [h["step"] for h in plain.history] == [h["step"] for h in rep.history]
-    live = np.abs(plain.lam) < 1e200
-    np.testing.assert_allclose(rep.lam[live], plain.lam[live], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(rep.n, plain.n, rtol=1e-9, atol=1e-9)
-    assert rep.size == pytest.approx(plain.size, rel=1e-12)
+    rng = np.random.default_rng(2)
+    lam_star = -rng.exponential(1.0, prob.A.shape[1])
+    tau = prob.A.T @ (prob.mult * np.exp(np.minimum(prob.A @ lam_star, 0.0)))
+    kw = {"tol": 1e-7, "max_passes": 800, "dual_bound": 50.0}
+    plain = solve_box_dual(LocalRakeOperator.from_problem(prob), tau, **kw)
+    rep = solve_box_dual(
+        MemoryBlockOperator(table, 3).work(False).rake_problem(["lang"]), tau, **kw
+    )
+    assert plain.status == rep.status == "converged"
+    np.testing.assert_allclose(rep.n, plain.n, rtol=1e-6)
+    np.testing.assert_allclose(rep.size, plain.size, rtol=1e-7)
 
 
 def test_newton_prob_scale_equals_the_sorting_solution():

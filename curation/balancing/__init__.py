@@ -19,6 +19,7 @@ from .distributed import (
     run_method_on,
     run_method_spark,
 )
+from .dual_solver import QuasiNewtonMemory, RakeSolution, solve_box_dual
 from .metaclip import (
     cap_from_tail_share,
     metaclip,
@@ -39,15 +40,7 @@ from .params import (
     score_batch,
     segment_sum,
 )
-from .rake import (
-    RakeSolution,
-    build_problem,
-    farkas_certificate,
-    rake,
-    rake_on,
-    rake_solve,
-    solve_dual,
-)
+from .rake import OBJECTIVES, build_problem, rake, rake_on
 from .signatures import SignatureTable, encode_margin, list_array_to_csr
 from .spark_operator import SparkOperator
 from .target_size import TargetSizeError, expected_size, solve_monotone, solve_prob_scale
@@ -56,12 +49,14 @@ from .targets import EntryTarget, capped_targets, entry_target_distribution
 __all__ = [
     "DEFAULT_MAX_DRIVER_NNZ",
     "METHODS",
+    "OBJECTIVES",
     "AggregateStats",
     "BalanceResult",
     "BlockOperator",
     "EntryTarget",
     "LocalOperator",
     "MemoryBlockOperator",
+    "QuasiNewtonMemory",
     "RakeSolution",
     "ScoreParams",
     "ScoreSums",
@@ -81,14 +76,12 @@ __all__ = [
     "entry_target_distribution",
     "expected_repeats",
     "expected_size",
-    "farkas_certificate",
     "list_array_to_csr",
     "metaclip",
     "metaclip_on",
     "metaclip_probs",
     "rake",
     "rake_on",
-    "rake_solve",
     "raw_scores",
     "run_method",
     "run_method_auto",
@@ -97,9 +90,9 @@ __all__ = [
     "score_arrow",
     "score_batch",
     "segment_sum",
+    "solve_box_dual",
     "solve_cap_for_size",
     "solve_monotone",
-    "solve_dual",
     "solve_prob_scale",
     "tail_share",
 ]

@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 
-from .rake import build_problem, rake_solve
+from .dual_solver import DEFAULT_DUAL_BOUND, solve_box_dual
+from .operators import LocalRakeOperator
+from .rake import build_problem
 from .synthetic import synthetic_table
 from .targets import capped_targets
 
@@ -37,7 +39,13 @@ def run(
     }
     out = []
     for name, tau in problems.items():
-        sol = rake_solve(prob.A, prob.mult, tau, tol=tol, max_iter=max_iter)
+        sol = solve_box_dual(
+            LocalRakeOperator.from_problem(prob),
+            tau,
+            tol=tol,
+            max_passes=max_iter,
+            dual_bound=DEFAULT_DUAL_BOUND,
+        )
         out.append(
             {
                 "problem": name,

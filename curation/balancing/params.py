@@ -61,6 +61,7 @@ class ScoreParams:
         prob_scale: balance only: π_i = min(1, prob_scale · raw_i).
         repeat_scale: with replacement: expected repeats = repeat_scale · weight_i (else None).
         capped: rake only; False = raking without the π ≤ 1 bound.
+        offset: rake only: ν added to every row's η (meets the target size exactly).
         meta: free-form JSON-serialisable facts (cap t, status, ...), not used for scoring.
     """
 
@@ -74,6 +75,7 @@ class ScoreParams:
     prob_scale: float = 1.0
     repeat_scale: float | None = None
     capped: bool = True
+    offset: float = 0.0
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,7 +122,7 @@ class ScoreParams:
             "repeat_scale": self.repeat_scale,
             "capped": self.capped,
             "meta": _jsonable(self.meta),
-        }
+        } | ({"offset": self.offset} if self.offset else {})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreParams:
@@ -135,6 +137,7 @@ class ScoreParams:
             prob_scale=float(d["prob_scale"]),
             repeat_scale=None if d.get("repeat_scale") is None else float(d["repeat_scale"]),
             capped=bool(d.get("capped", True)),
+            offset=float(d.get("offset", 0.0)),
             meta=dict(d.get("meta", {})),
         )
 
@@ -205,7 +208,7 @@ def raw_scores(
         for col, b in params.margin_values.items():
             raw *= b[np.asarray(margin_codes[col])]
     else:  # rake
-        eta = segment_sum(ev[indices], indptr)
+        eta = segment_sum(ev[indices], indptr) + params.offset
         for col, mu in params.margin_values.items():
             eta += mu[np.asarray(margin_codes[col])]
         raw = np.exp(np.minimum(eta, 0.0)) if params.capped else np.exp(np.minimum(eta, 700.0))

@@ -83,7 +83,13 @@ class BalanceConfig:
     method: Method = field(
         default="metaclip",
         metadata={
-            "help": "metaclip (MetaCLIP's rule), balance (Liu et al. 2024) or rake (exact capped raking)"
+            "help": "metaclip (MetaCLIP's rule), balance (Liu et al. 2024) or rake (capped raking that keeps MetaCLIP's tail and flattens the head)"
+        },
+    )
+    rake_objective: Literal["tail", "l1"] = field(
+        default="tail",
+        metadata={
+            "help": "rake only: tail (keep every sample MetaCLIP keeps for its tail entries, rake the head-only samples toward min(c_j, t)) or l1 (rake every sample, exact L1 to min(c_j, t); drops tail samples that co-occur with head entries)"
         },
     )
     cap: float = field(
@@ -265,6 +271,10 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         options["max_iter"] = config.max_iter
     if config.method == "balance":
         options["entry_target"] = _entry_target(config.entry_target, entries)
+    if config.method == "rake":
+        options["objective"] = config.rake_objective
+    elif config.rake_objective != "tail":
+        raise BalanceConfigError("--rake-objective applies to --method rake only")
     return options
 
 

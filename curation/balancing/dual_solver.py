@@ -1,0 +1,392 @@
+"""The raking dual, solved by a projected quasi-Newton method on a box.
+
+Problem (per distinct signature r with multiplicity m_r and columns j ∈ S_r: entries, then margin
+levels):
+
+    minimise   Σ_r m_r (π_r log π_r − π_r + 1) + B · Σ_j |n_j(π) − τ_j|,   n_j(π) = Σ_{r ∋ j} m_r π_r,
+    over       0 ≤ π_r ≤ 1,
+
+i.e. calibration with the raking (exponential) distance (Deville & Särndal 1992) capped at 1, with the
+target equations held by an exact L1 penalty of weight B. Its Fenchel dual is
+
+    min_λ  F(λ) = Σ_r m_r φ(η_r) − Σ_j τ_j λ_j   over the box  −B ≤ λ_j ≤ B,
+    η_r = Σ_{j ∈ S_r} λ_j,   φ(η) = e^η (η ≤ 0), 1 + η (η > 0),   π_r = φ'(η_r) = min(1, e^{η_r}),
+
+a smooth convex function with gradient ∇F = n(λ) − τ. When the targets are feasible and the
+optimal |λ_j| < B the answer is the exact calibration; when they are not, the columns whose targets
+cannot be met are held at ±B and the result is the point closest to the targets in L1, with KL as
+the tie-break. A pass over the table evaluates F and ∇F together: one product η = Aλ and one
+n = Aᵀ(m ⊙ π) (:meth:`~.operators.RakeOperator.point`), on the driver or on Spark.
+
+Fixed columns. Columns outside ``free`` keep their value from ``lam0``. The tail-keeping rake fixes
+the tail entries at :data:`KEEP_LOG`, which sets π = 1 on every row that holds one (its η is
+positive whatever the free columns add, since |λ_j| ≤ B on them), so the free columns are raked
+against the targets minus what the kept rows already bring: ∇F_j = n_j − τ_j counts those rows too.
+
+Method: L-BFGS with projection on the box (two-metric projection; Bertsekas 1982, as in Kim, Sra &
+Dhillon 2010), in the variables z_j = s_j λ_j with s_j = √max(τ_j, 1) (the diagonal of the Hessian
+∂²F/∂λ_j² = Σ_{r ∋ j, π_r < 1} m_r π_r is ≈ τ_j near the solution, so z is well scaled). Each
+iteration: the columns at a bound whose gradient points out of the box are held; the two-loop
+recursion gives the direction on the others; a projected Armijo backtracking accepts the step (one
+pass per trial, the first trial almost always). The dual change of a trial is computed row by row
+against the current point (``phi_diff``), never as a difference of two large sums.
+
+Memory across solves. The Hessian of F does not depend on τ, so the curvature pairs
+(Δz, Δ∇F) learnt while solving for one set of targets are exact for another: the cap search passes
+the :class:`QuasiNewtonMemory` of one solve to the next, and a warm-started solve begins with a
+quasi-Newton step toward the new targets instead of a gradient step.
+
+Stopping. The KKT error is max_j |n_j/τ_j − 1| over the free columns that are not held at a bound by
+an unmet target; below ``tol`` the status is ``converged``, or ``infeasible`` when some targets are
+held at the bound (they are reported with their residuals and tested as a Farkas certificate).
+Otherwise ``stalled`` (no 0.1 % progress in ``patience`` passes) or ``max_passes``. The best
+iterate is returned; every number stays finite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from curation import progress
+
+from .operators import DualPoint, RakeOperator
+
+__all__ = [
+    "DEFAULT_DUAL_BOUND",
+    "KEEP_LOG",
+    "QuasiNewtonMemory",
+    "RakeSolution",
+    "farkas_test",
+    "solve_box_dual",
+]
+
+#: Default box |λ_j| ≤ B: the price of one unit of target violation in the primal's L1 penalty.
+#: e^{−10} ≈ 4.5e-5 is already "dropped" for a row whose column is held at −B; a larger box
+#: changes the answer only in those rows and makes the solver slower (bench/README.md).
+DEFAULT_DUAL_BOUND = 10.0
+#: λ of a fixed "keep" column: π = 1 on its rows (their η stays ≥ 0 for up to KEEP_LOG / B free
+#: columns per row at −B); small enough that η keeps ~12 digits below it for the dual changes.
+KEEP_LOG = 1e4
+_ARMIJO = 1e-4
+_MAX_BACKTRACK = 12
+
+
+@dataclass
+class RakeSolution:
+    """What :func:`solve_box_dual` returns (per column j of the problem)."""
+
+    lam: np.ndarray
+    pi: np.ndarray | None  # per live row on the driver; None on Spark
+    n: np.ndarray
+    residual: np.ndarray  # n_j/τ_j − 1 on the free columns (0 elsewhere)
+    status: str  # converged | infeasible | stalled | max_passes
+    iterations: int
+    max_rel_err: float  # max_j |n_j/τ_j − 1| over the free columns
+    kkt_err: float  # the same over free columns not held at the box by an unmet target
+    best_kkt_err: float
+    l1: float  # Σ_j |n_j − τ_j| / Σ_j τ_j over the free columns
+    unmet: np.ndarray  # free column ids with |residual| ≥ tol
+    at_bound: np.ndarray  # free column ids with |λ_j| = B
+    history: list[dict[str, Any]] = field(default_factory=list)
+    certificate: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    passes: int = 0
+    size: float = float("nan")  # Σ_r m_r π_r at the returned λ
+    memory: QuasiNewtonMemory | None = None
+
+
+@dataclass
+class QuasiNewtonMemory:
+    """The last ``size`` curvature pairs (s_k = Δz, y_k = Δ∇_z F) over a fixed set of free
+    columns with fixed scaling: valid for any targets τ (the Hessian does not depend on τ)."""
+
+    free: np.ndarray
+    scale: np.ndarray
+    size: int = 10
+    pairs: deque = field(default_factory=deque)
+
+    def fits(self, free: np.ndarray, scale: np.ndarray) -> bool:
+        return np.array_equal(self.free, free) and np.array_equal(self.scale, scale)
+
+    def push(self, s: np.ndarray, y: np.ndarray) -> None:
+        sy = float(np.dot(s, y))
+        # curvature condition with a margin: F is convex, so sy ≥ 0; tiny sy is rounding noise
+        if sy > 1e-10 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+            self.pairs.append((s, y, 1.0 / sy))
+            while len(self.pairs) > self.size:
+                self.pairs.popleft()
+
+    def direction(self, g: np.ndarray, hold: np.ndarray) -> np.ndarray:
+        """−H g on the columns not held (H the L-BFGS inverse Hessian, two-loop recursion);
+        0 on the held ones."""
+        q = np.where(hold, 0.0, g)
+        if not self.pairs:
+            return -q
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a = rho * float(np.dot(s, q))
+            alphas.append(a)
+            q -= a * np.where(hold, 0.0, y)
+        s, y, _ = self.pairs[-1]
+        q *= float(np.dot(s, y)) / max(float(np.dot(y, y)), 1e-300)
+        for (s, y, rho), a in zip(self.pairs, reversed(alphas), strict=True):
+            b = rho * float(np.dot(np.where(hold, 0.0, y), q))
+            q += (a - b) * np.where(hold, 0.0, s)
+        q[hold] = 0.0
+        return -q
+
+
+def solve_box_dual(
+    op: RakeOperator,
+    tau: np.ndarray,
+    *,
+    lam0: np.ndarray | None = None,
+    free: np.ndarray | None = None,
+    tol: float = 1e-3,
+    max_passes: int = 100,
+    patience: int = 50,
+    dual_bound: float = DEFAULT_DUAL_BOUND,
+    capped: bool = True,
+    memory: QuasiNewtonMemory | None = None,
+    column_counts: np.ndarray | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
+) -> RakeSolution:
+    """Minimise the box dual F(λ) (module docstring) over the ``free`` columns.
+
+    Args:
+        op: the raking problem's passes (driver or Spark).
+        tau: τ_j, the full target of every column (what the kept rows bring included).
+        lam0: start (default: λ_j = log min(1, τ_j / c_j) on free columns, MetaCLIP-like; 0 else).
+            Values on the columns outside ``free`` are kept as they are.
+        free: bool mask of the columns solved for (default: every column with τ_j > 0).
+        tol: KKT tolerance, relative (max_j |n_j/τ_j − 1|).
+        max_passes: budget of passes over the table (one per evaluation of F and ∇F).
+        patience: stop as ``stalled`` after this many passes without 0.1 % progress.
+        dual_bound: B.
+        capped: π = min(1, e^η) (True) or e^η (raking without the upper bound, for repeats).
+        memory: curvature pairs from an earlier solve over the same free columns (warm start).
+        column_counts: Σ_r m_r A_rj per column (the counts c_j), for the certificate when some
+            columns are fixed at :data:`KEEP_LOG`.
+        callback: ``callback(pass, kkt_err, l1)`` after each accepted iteration.
+    """
+    t0 = time.perf_counter()
+    tau = np.asarray(tau, dtype=np.float64)
+    q = op.n_columns
+    if tau.shape != (q,):
+        raise ValueError(f"tau must have one target per column ({q})")
+    if not np.all(np.isfinite(tau)) or np.any(tau < 0):
+        raise ValueError("targets must be finite and non-negative")
+    B = float(dual_bound)
+    free = (tau > 0) if free is None else np.asarray(free, dtype=bool)
+    free = free & (tau > 0)
+    fidx = np.flatnonzero(free)
+    tau_f = tau[fidx]
+    scale = np.sqrt(np.maximum(tau_f, 1.0))
+    lam = np.zeros(q) if lam0 is None else np.array(lam0, dtype=np.float64, copy=True)
+    # a column with τ_j = 0 and rows forces π = 0 there (as the exact solution does)
+    from .kernels import ZERO_LOG
+
+    lam[(tau <= 0) & op.occupied] = ZERO_LOG
+    passes = 0
+
+    def evaluate(lv: np.ndarray, ref: DualPoint | None = None) -> DualPoint:
+        nonlocal passes
+        passes += 1
+        return op.point(lv, capped=capped, ref=ref)
+
+    if lam0 is None and fidx.size:
+        start = evaluate(lam)  # c_j with every free λ at 0 (fixed columns as given)
+        c_live = start.n()[fidx]
+        lam[fidx] = np.log(np.minimum(tau_f / np.maximum(c_live, 1e-300), 1.0))
+    lam[fidx] = np.clip(lam[fidx], -B, B)
+    lo, hi = -B * scale, B * scale
+    if memory is None or not memory.fits(free, scale):
+        memory = QuasiNewtonMemory(free=free.copy(), scale=scale)
+    tau_sum = float(tau_f.sum()) or 1.0
+
+    def measure(
+        n: np.ndarray, lf: np.ndarray
+    ) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+        nf = n[fidx]
+        rel = nf / tau_f - 1.0
+        held = ((lf >= B * (1 - 1e-12)) & (rel < 0)) | ((lf <= -B * (1 - 1e-12)) & (rel > 0))
+        kkt = np.where(held, 0.0, np.abs(rel))
+        return (
+            float(kkt.max(initial=0.0)),
+            float(np.abs(rel).max(initial=0.0)),
+            float(np.abs(nf - tau_f).sum() / tau_sum),
+            rel,
+            held,
+        )
+
+    cur = evaluate(lam)
+    n = cur.n()
+    z = lam[fidx] * scale
+    g = (n[fidx] - tau_f) / scale
+    e, emax, l1, _, _ = measure(n, lam[fidx])
+    history: list[dict[str, Any]] = [
+        {"iter": 0, "passes": passes, "max_rel_err": emax, "kkt_err": e, "l1": l1, "step": "start"}
+    ]
+    best = (e, lam.copy(), cur)
+    status = "max_passes"
+    mark, last_progress = e, passes
+    it = 0
+    while True:
+        if e <= tol:
+            status = "converged"
+            break
+        if passes >= max_passes:
+            break
+        if passes - last_progress >= patience:
+            status = "stalled"
+            break
+        it += 1
+        # hold the columns at a bound whose gradient points out of the box
+        hold = ((z <= lo * (1 - 1e-12)) & (g > 0)) | ((z >= hi * (1 - 1e-12)) & (g < 0))
+        d = memory.direction(g, hold)
+        slope = float(np.dot(g, d))
+        step_kind = "qn"
+        if not memory.pairs or slope >= 0:
+            memory.pairs.clear()
+            d = np.where(hold, 0.0, -g)
+            # a first step of at most one unit of λ per column
+            d *= min(1.0, 1.0 / max(float(np.max(np.abs(d / scale), initial=0.0)), 1e-300))
+            slope = float(np.dot(g, d))
+            step_kind = "gradient"
+        alpha = 1.0
+        accepted = None
+        for _ in range(_MAX_BACKTRACK):
+            z_new = np.clip(z + alpha * d, lo, hi)
+            lam_new = lam.copy()
+            lam_new[fidx] = z_new / scale
+            pt = evaluate(lam_new, ref=cur)
+            lam_prev = lam[fidx]
+            dF = pt.dphi - float(np.dot(tau_f, lam_new[fidx] - lam[fidx]))
+            # Armijo on the projected path: the decrease the linear model promises
+            want = _ARMIJO * min(float(np.dot(g, z_new - z)), 0.0)
+            if np.isfinite(dF) and dF <= want + 1e-12 * (abs(dF) + 1.0):
+                accepted = (z_new, lam_new, pt)
+                break
+            alpha *= 0.5
+            if passes >= max_passes:
+                break
+        if accepted is None:
+            if step_kind == "gradient":
+                status = "stalled"  # no descent along the projected gradient: at rounding level
+                break
+            memory.pairs.clear()  # a bad quasi-Newton model: restart from the gradient
+            continue
+        z_new, lam, cur = accepted
+        dF = cur.dphi - float(np.dot(tau_f, lam[fidx] - lam_prev))
+        n = cur.n()
+        g_new = (n[fidx] - tau_f) / scale
+        memory.push(z_new - z, g_new - g)
+        z, g = z_new, g_new
+        e, emax, l1, _, _ = measure(n, lam[fidx])
+        history.append(
+            {
+                "iter": it,
+                "passes": passes,
+                "max_rel_err": emax,
+                "kkt_err": e,
+                "l1": l1,
+                "dual_change": dF,
+                "step": step_kind if alpha == 1.0 else f"{step_kind}/{alpha:g}",
+            }
+        )
+        if callback is not None:
+            callback(passes, e, l1)
+        progress.tick(kkt_err=e, l1=l1)
+        if e < best[0]:
+            best = (e, lam.copy(), cur)
+        if e < mark * (1 - 1e-3):
+            mark, last_progress = e, passes
+    if status != "converged" and best[0] < e:
+        e, lam, cur = best[0], best[1], best[2]
+        n = cur.n()
+    e, emax, l1, rel, held = measure(n, lam[fidx])
+    residual = np.zeros(q)
+    residual[fidx] = rel
+    unmet = fidx[np.abs(rel) >= tol]
+    at_bound = fidx[np.abs(lam[fidx]) >= B * (1 - 1e-12)]
+    y = np.zeros(q)
+    y[at_bound] = np.sign(lam[at_bound])
+    certificate = farkas_test(op, tau, y, lam, free, capped, column_counts)
+    if status == "converged" and unmet.size:
+        status = "infeasible"  # KKT holds, but some targets are held at the box
+    return RakeSolution(
+        lam=lam,
+        pi=cur.pi,
+        n=n,
+        residual=residual,
+        status=status,
+        iterations=it,
+        max_rel_err=emax,
+        kkt_err=e,
+        best_kkt_err=min(best[0], e),
+        l1=l1,
+        unmet=unmet,
+        at_bound=at_bound,
+        history=history,
+        certificate=certificate,
+        seconds=time.perf_counter() - t0,
+        passes=passes,
+        size=cur.size(),
+        memory=memory,
+    )
+
+
+def farkas_test(
+    op: RakeOperator,
+    tau: np.ndarray,
+    y: np.ndarray,
+    lam: np.ndarray,
+    free: np.ndarray,
+    capped: bool = True,
+    column_counts: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Test whether the direction y (on the free columns) proves the targets infeasible.
+
+    Farkas' lemma for the box: {π ∈ [0,1] : n_j(π) = τ_j for the free j} is empty iff some y has
+    Σ_r m_r max(0, (A y)_r) < τ·y over the rows that are not fixed (uncapped: A y ≤ 0 and τ·y > 0).
+    Rows held at π = 1 by a fixed column (λ = :data:`KEEP_LOG`) enter with their exact
+    contribution: y is extended by a large value on those columns, whose share is then subtracted.
+    The solver passes the sign pattern of the columns held at the box. Returns the slope
+    (negative = proof), a boolean with a margin against rounding, and the support of y.
+    """
+    support = np.flatnonzero(y)
+    if support.size == 0:
+        return {"found": False, "slope": 0.0, "support_size": 0, "support": []}
+    keep = ~free & (lam >= KEEP_LOG * 0.5)
+    if keep.any() and column_counts is None:
+        return {
+            "found": False,
+            "slope": float("nan"),
+            "support_size": int(support.size),
+            "support": support[:1000].tolist(),
+            "note": "no column counts given",
+        }
+    big = 1e3 * (float(np.abs(y).sum()) + 1.0)
+    y_ext = np.where(keep, big, y)
+    pos = op.positive_part(y_ext)
+    kept_cols = float(np.dot(column_counts, keep)) if keep.any() else 0.0
+    pos -= big * kept_cols  # Σ over kept rows of m_r · big · (kept columns in r)
+    ty = float(np.dot(tau, y))
+    if capped:
+        slope = pos - ty
+        found = slope < -1e-9 * (abs(pos) + abs(ty) + big * kept_cols * 1e-6 + 1.0)
+    else:
+        slope = -ty if pos <= 0 else float("inf")
+        found = slope < 0
+    return {
+        "found": bool(found),
+        "slope": float(slope),
+        "support_size": int(support.size),
+        "support": support[:1000].tolist(),
+    }
