@@ -55,6 +55,7 @@ import numpy as np
 
 from curation import progress
 
+from .kernels import ZERO_LOG
 from .operators import DualPoint, RakeOperator
 
 __all__ = [
@@ -190,8 +191,6 @@ def solve_box_dual(
     scale = np.sqrt(np.maximum(tau_f, 1.0))
     lam = np.zeros(q) if lam0 is None else np.array(lam0, dtype=np.float64, copy=True)
     # a column with τ_j = 0 and rows forces π = 0 there (as the exact solution does)
-    from .kernels import ZERO_LOG
-
     lam[(tau <= 0) & op.occupied] = ZERO_LOG
     passes = 0
 
@@ -210,9 +209,7 @@ def solve_box_dual(
         memory = QuasiNewtonMemory(free=free.copy(), scale=scale)
     tau_sum = float(tau_f.sum()) or 1.0
 
-    def measure(
-        n: np.ndarray, lf: np.ndarray
-    ) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+    def measure(n: np.ndarray, lf: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         nf = n[fidx]
         rel = nf / tau_f - 1.0
         held = ((lf >= B * (1 - 1e-12)) & (rel < 0)) | ((lf <= -B * (1 - 1e-12)) & (rel > 0))
@@ -222,14 +219,13 @@ def solve_box_dual(
             float(np.abs(rel).max(initial=0.0)),
             float(np.abs(nf - tau_f).sum() / tau_sum),
             rel,
-            held,
         )
 
     cur = evaluate(lam)
     n = cur.n()
     z = lam[fidx] * scale
     g = (n[fidx] - tau_f) / scale
-    e, emax, l1, _, _ = measure(n, lam[fidx])
+    e, emax, l1, _ = measure(n, lam[fidx])
     history: list[dict[str, Any]] = [
         {"iter": 0, "passes": passes, "max_rel_err": emax, "kkt_err": e, "l1": l1, "step": "start"}
     ]
@@ -250,14 +246,12 @@ def solve_box_dual(
         # hold the columns at a bound whose gradient points out of the box
         hold = ((z <= lo * (1 - 1e-12)) & (g > 0)) | ((z >= hi * (1 - 1e-12)) & (g < 0))
         d = memory.direction(g, hold)
-        slope = float(np.dot(g, d))
         step_kind = "qn"
-        if not memory.pairs or slope >= 0:
+        if not memory.pairs or float(np.dot(g, d)) >= 0:  # no model yet, or not a descent
             memory.pairs.clear()
             d = np.where(hold, 0.0, -g)
             # a first step of at most one unit of λ per column
             d *= min(1.0, 1.0 / max(float(np.max(np.abs(d / scale), initial=0.0)), 1e-300))
-            slope = float(np.dot(g, d))
             step_kind = "gradient"
         alpha = 1.0
         accepted = None
@@ -266,12 +260,11 @@ def solve_box_dual(
             lam_new = lam.copy()
             lam_new[fidx] = z_new / scale
             pt = evaluate(lam_new, ref=cur)
-            lam_prev = lam[fidx]
             dF = pt.dphi - float(np.dot(tau_f, lam_new[fidx] - lam[fidx]))
             # Armijo on the projected path: the decrease the linear model promises
             want = _ARMIJO * min(float(np.dot(g, z_new - z)), 0.0)
             if np.isfinite(dF) and dF <= want + 1e-12 * (abs(dF) + 1.0):
-                accepted = (z_new, lam_new, pt)
+                accepted = (z_new, lam_new, pt, dF)
                 break
             alpha *= 0.5
             if passes >= max_passes:
@@ -282,13 +275,12 @@ def solve_box_dual(
                 break
             memory.pairs.clear()  # a bad quasi-Newton model: restart from the gradient
             continue
-        z_new, lam, cur = accepted
-        dF = cur.dphi - float(np.dot(tau_f, lam[fidx] - lam_prev))
+        z_new, lam, cur, dF = accepted
         n = cur.n()
         g_new = (n[fidx] - tau_f) / scale
         memory.push(z_new - z, g_new - g)
         z, g = z_new, g_new
-        e, emax, l1, _, _ = measure(n, lam[fidx])
+        e, emax, l1, _ = measure(n, lam[fidx])
         history.append(
             {
                 "iter": it,
@@ -310,7 +302,7 @@ def solve_box_dual(
     if status != "converged" and best[0] < e:
         e, lam, cur = best[0], best[1], best[2]
         n = cur.n()
-    e, emax, l1, rel, held = measure(n, lam[fidx])
+    e, emax, l1, rel = measure(n, lam[fidx])
     residual = np.zeros(q)
     residual[fidx] = rel
     unmet = fidx[np.abs(rel) >= tol]
