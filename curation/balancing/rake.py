@@ -125,19 +125,23 @@ class _Solver:
             **(self.solve_kw | overrides),
         )
         self.memory = sol.memory
-        self.passes += sol.passes
         self.solved[key] = sol
-        self.last = key
+        self.record(key, sol)
+        return sol
+
+    def record(self, key: float | None, sol: RakeSolution, **extra: Any) -> None:
+        """Count a solve's passes and log it (the cap search's solves, and the margin solve)."""
+        self.passes += sol.passes
         self.log.append(
             {
                 "t": key,
+                **extra,
                 "expected_size": sol.size,
                 "passes": sol.passes,
                 "kkt_err": sol.kkt_err,
                 "status": sol.status,
             }
         )
-        return sol
 
     def base(self) -> np.ndarray:
         """b_j: what the fixed rows bring to each column (one pass, once; 0 if nothing is fixed)."""
@@ -222,21 +226,21 @@ def rake_on(
             f"target size {target_size:g} exceeds the {n_elig:g} eligible samples; "
             "use sampling with replacement"
         )
+    # MetaCLIP's cap at N: where the cap search starts, and (tail objective) the kept set
+    t_mc = None
+    if t is None and entry_targets is None and target_size is not None and capped:
+        from .metaclip import cap_for_size_on
+
+        t_mc = cap_for_size_on(
+            work, target_size, counts, keep_unmatched=keep_unmatched, unmatched_cap=unmatched_cap
+        )
     # which samples are kept as MetaCLIP keeps them (tail objective, capped, no explicit τ)
     t_keep = None
     if objective == "tail" and capped and entry_targets is None:
         if t is not None:
             t_keep = float(t)
-        elif target_size is not None and not with_replacement:
-            from .metaclip import cap_for_size_on
-
-            t_keep = cap_for_size_on(
-                work,
-                target_size,
-                counts,
-                keep_unmatched=keep_unmatched,
-                unmatched_cap=unmatched_cap,
-            )
+        elif not with_replacement:
+            t_keep = t_mc
     kept_cols = (counts > 0) & (counts <= caps_for(t_keep)) if t_keep is not None else None
     free = (counts > 0) if kept_cols is None else (counts > 0) & ~kept_cols
     lam_fixed = np.zeros(m_work)
@@ -277,25 +281,14 @@ def rake_on(
             t_used = float(counts.max())
         else:
             cmax = float(counts.max())
-            t0 = t_keep
-            if t0 is None:
-                from .metaclip import cap_for_size_on
-
-                t0 = cap_for_size_on(
-                    work,
-                    target_size,
-                    counts,
-                    keep_unmatched=keep_unmatched,
-                    unmatched_cap=unmatched_cap,
-                )
 
             def size_at(tt: float) -> float:
                 tt = min(tt, cmax)
                 if tt not in solver.solved:
                     # far from N a rough solve places t well enough; near N, the full tolerance
                     rough = (
-                        not solver.solved
-                        or abs(np.log(solver.solved[solver.last].size / target_size)) > 0.02
+                        not solver.log
+                        or abs(np.log(solver.log[-1]["expected_size"] / target_size)) > 0.02
                     )
                     solver.solve(tt, targets_at(tt), tol=max(tol, SEARCH_TOL) if rough else tol)
                 return solver.solved[tt].size
@@ -303,7 +296,7 @@ def rake_on(
             t_used = search_cap(
                 size_at,
                 float(target_size),
-                t0,
+                t_mc,
                 cmax,
                 0.5,
                 rtol=size_rtol / 4,
@@ -351,17 +344,7 @@ def rake_on(
             capped=capped,
             column_counts=col_counts,
         )
-        solver.passes += sol.passes
-        solver.log.append(
-            {
-                "t": t_used,
-                "margins": list(margins),
-                "expected_size": sol.size,
-                "passes": sol.passes,
-                "kkt_err": sol.kkt_err,
-                "status": sol.status,
-            }
-        )
+        solver.record(t_used, sol, margins=list(margins))
         sol.history = sol_e.history + [
             dict(h, iter=h["iter"] + sol_e.iterations) for h in sol.history[1:]
         ]
