@@ -19,8 +19,12 @@ def size_shift(size_fn: Callable[[float], float], n_target: float) -> float:
     """ν with Σ_r m_r min(1, e^{η_r + ν}) = N (Σ is continuous and increasing in ν)."""
     from scipy.optimize import brentq
 
+    seen: dict[float, float] = {}  # each evaluation is a pass on Spark: never twice at one ν
+
     def f(nu: float) -> float:
-        return size_fn(nu) - n_target
+        if nu not in seen:
+            seen[nu] = size_fn(nu) - n_target
+        return seen[nu]
 
     lo, hi = -1.0, 1.0
     while f(lo) > 0 and lo > -1e3:
