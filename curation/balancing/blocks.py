@@ -1,6 +1,6 @@
 """Reproducible execution: the signature table as blocks, exact-binned sums, one set of kernels.
 
-The Anderson-accelerated raking iteration is chaotic in the last bits: a one-ulp change of a
+The quasi-Newton raking solver is path-dependent in the last bits: a one-ulp change of a
 per-entry sum (a different summation order) grows to a different trajectory within a few hundred
 iterations (``docs/balancing.md``, "Execution"). A parallel execution can therefore only agree
 with another execution — the driver, another partitioning, a rerun — if every sum it makes is
@@ -278,18 +278,6 @@ def _column_sums(block: Block, w: np.ndarray, view: View, total: bool = False) -
     return Binned(tops, bins)
 
 
-def _int_column_sums(block: Block, w: np.ndarray, view: View) -> np.ndarray:
-    """Aᵀw for integer-valued w (exact, hence reproducible, with plain float sums)."""
-    out = np.zeros(view.n_columns)
-    if block.indices.size:
-        out[: block.n_entries] = block.csr().T @ w
-    if view.keep_unmatched:
-        out[view.uid] += float(w[block.k == 0].sum())
-    for col, off, size in view.margins:
-        out[off : off + size] += np.bincount(block.codes[col], weights=w, minlength=size)
-    return out
-
-
 # ---------------------------------------------------------------------------- kernels
 def _k_facts(
     block: Block, *, margin_cols: Sequence[str], levels: Mapping[str, list[str]]
@@ -325,31 +313,6 @@ def _k_point(
     out = {"n": n, "sum_phi": binned_sum(m * phi(eta, capped)), "size": size}
     if lam_ref is not None:
         out["dphi"] = binned_sum(m * phi_diff(eta, _eta(block, lam_ref, view), capped))
-    return out
-
-
-def _k_degree(block: Block, dead: np.ndarray, *, view: View, need_c_live: bool) -> dict[str, Any]:
-    """C_j = max{D_r : r ∋ j, r alive} and c_live = Aᵀ(m ⊙ alive) (rows holding a dead column
-    are dead; D_r = columns of row r)."""
-    k = block.k
-    live = (k > 0) | view.keep_unmatched
-    D = (k + ((k == 0) & view.keep_unmatched) + len(view.margins)).astype(np.float64)
-    dead_row = (block.csr() @ dead[: block.n_entries].astype(np.float64)) > 0
-    if view.keep_unmatched:
-        dead_row |= (k == 0) & bool(dead[view.uid])
-    for col, off, _ in view.margins:
-        dead_row |= dead[off + block.codes[col]]
-    alive = live & ~dead_row
-    Dn = np.where(alive, D, 0.0)
-    C = np.zeros(view.n_columns)
-    np.maximum.at(C, block.indices, np.repeat(Dn, k))
-    if view.keep_unmatched:
-        C[view.uid] = max(C[view.uid], float(Dn[k == 0].max(initial=0.0)))
-    for col, off, _ in view.margins:
-        np.maximum.at(C, off + block.codes[col], Dn)
-    out: dict[str, Any] = {"max_C": C}
-    if need_c_live:
-        out["c_live"] = _int_column_sums(block, np.where(alive, block.mult, 0.0), view)
     return out
 
 
@@ -723,16 +686,6 @@ class BlockRakeProblem:
         self.n_columns = q
         self.view = View(work.keep_unmatched, op.n_entries, q, tuple(spec))
         self.occupied = np.concatenate(occupied)
-
-    def degree_facts(
-        self, dead_cols: np.ndarray, *, need_c_live: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        r = self.op.run(
-            _k_degree,
-            bcast={"dead": np.asarray(dead_cols, dtype=bool)},
-            static={"view": self.view, "need_c_live": need_c_live},
-        )
-        return r["max_C"], r.get("c_live")
 
     def point(
         self, lam: np.ndarray, *, capped: bool = True, ref: DualPoint | None = None

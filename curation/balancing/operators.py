@@ -1,8 +1,8 @@
 """The data side of the balancing solvers: a few primitives, two implementations.
 
 Every pass the solvers make over the signature table goes through one of the primitives below;
-the iteration logic (GIS steps, Anderson acceleration, safeguards, size searches, histories,
-statuses) lives once, in :mod:`.rake`, :mod:`.metaclip` and :mod:`.pair_balance`, and runs
+the iteration logic (the quasi-Newton solver, size searches, histories, statuses) lives once,
+in :mod:`.dual_solver`, :mod:`.rake`, :mod:`.metaclip` and :mod:`.pair_balance`, and runs
 unchanged on
 
 * :class:`LocalOperator` — the table on the driver as NumPy/SciPy CSR arrays (this module; it
@@ -24,9 +24,9 @@ Three levels, with the table's rows r (multiplicity m_r), entry ids S_r and marg
     :meth:`level_counts`, :meth:`metaclip_size` Σ_r m_r (1 − Π_{j∈S_r}(1 − p_j)),
     :meth:`balance_marginals`, :meth:`rake_problem`.
 ``RakeOperator`` (a raking problem: eligible rows, columns = entries then the levels of the
-    chosen margins; D_r = columns of row r) — :meth:`point` (η = Aλ, π = min(1, e^η),
-    n = Aᵀ(m ⊙ π), Σ m φ(η), Σ m π and, against a reference point, Σ m (φ(η) − φ(η_ref))),
-    :meth:`degree_facts` (C_j, live counts), :meth:`positive_part`, :meth:`size_function`.
+    chosen margins) — :meth:`point` (η = Aλ, π = min(1, e^η), n = Aᵀ(m ⊙ π), Σ m φ(η), Σ m π
+    and, against a reference point, Σ m (φ(η) − φ(η_ref))), :meth:`positive_part`,
+    :meth:`size_function`.
 """
 
 from __future__ import annotations
@@ -169,13 +169,6 @@ class RakeOperator(Protocol):
     margin_sizes: dict[str, int]
     occupied: np.ndarray  # bool[q]: column j holds at least one row
 
-    def degree_facts(
-        self, dead_cols: np.ndarray, *, need_c_live: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(C, c_live): rows holding a dead column are dead; C_j = max{D_r : r ∋ j, r alive}
-        (0 if none), c_live_j = Σ_{r ∋ j, r alive} m_r."""
-        ...
-
     def point(
         self, lam: np.ndarray, *, capped: bool = True, ref: DualPoint | None = None
     ) -> DualPoint:
@@ -253,15 +246,6 @@ class TableOperator(Protocol):
 
 
 # ---------------------------------------------------------------------------- driver side
-def column_degree(A: sp.csr_array, row_degree: np.ndarray) -> np.ndarray:
-    """C_j = max{D_r : r ∋ j} (0 for empty columns)."""
-    C = np.zeros(A.shape[1])
-    if A.nnz:
-        k = np.diff(A.indptr)
-        np.maximum.at(C, A.indices, np.repeat(row_degree.astype(np.float64), k))
-    return C
-
-
 def metaclip_pi(table: SignatureTable, p: np.ndarray) -> np.ndarray:
     """π_r = 1 − Π_{j∈S_r}(1 − p_j) per signature, = −expm1(A · log1p(−p)) (vectorised)."""
     logq = metaclip_log_survival(p)
@@ -347,8 +331,7 @@ class LocalRakeOperator:
         self.offsets = dict(offsets or {})
         self.margin_sizes = dict(margin_sizes or {})
         self.mult = np.asarray(mult, dtype=np.float64)
-        self.D = np.diff(self.A.indptr).astype(np.float64)
-        if s and self.D.min() < 1:
+        if s and np.diff(self.A.indptr).min() < 1:
             raise ValueError("every live row must hold at least one column")
         self.occupied = self.AT @ np.ones(s) > 0
 
@@ -361,14 +344,6 @@ class LocalRakeOperator:
             offsets=prob.offsets,
             margin_sizes=prob.margin_sizes,
         )
-
-    def degree_facts(
-        self, dead_cols: np.ndarray, *, need_c_live: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        dead_rows = (self.A @ dead_cols.astype(np.float64)) > 0
-        live_mult = np.where(dead_rows, 0.0, self.mult)
-        C = column_degree(self.A, np.where(dead_rows, 0.0, self.D))
-        return C, (self.AT @ live_mult if need_c_live else None)
 
     def point(
         self, lam: np.ndarray, *, capped: bool = True, ref: DualPoint | None = None
