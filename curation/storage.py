@@ -234,10 +234,13 @@ class OutputNotOursError(StageInputError):
 
 
 def _norm(url: str) -> str:
-    fs, path = url_to_fs(url)
+    """``url`` as ``protocol://path`` with links resolved (local) and no trailing slash, so that
+    two spellings of one place compare equal and two stores never do."""
     if is_local(url):
-        path = os.path.realpath(path)
-    return path.rstrip("/")
+        return "file://" + os.path.realpath(local_path(url)).rstrip("/")
+    fs, path = url_to_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{path.rstrip('/')}"
 
 
 def check_output_is_ours(url: str, inputs: list[str]) -> None:
@@ -246,11 +249,18 @@ def check_output_is_ours(url: str, inputs: list[str]) -> None:
     out = _norm(url)
     for inp in inputs:
         src = _norm(inp)
-        if out == src or out.startswith(src + "/") or src.startswith(out + "/"):
-            raise OutputNotOursError(
-                f"{url}: the output is {'the same as' if out == src else 'inside' if out.startswith(src + '/') else 'around'} "
-                f"the input {inp}; writing it would replace the input. Choose another output directory"
-            )
+        if out == src:
+            relation = "the same as"
+        elif out.startswith(src + "/"):
+            relation = "inside"
+        elif src.startswith(out + "/"):
+            relation = "around"
+        else:
+            continue
+        raise OutputNotOursError(
+            f"{url}: the output is {relation} the input {inp}; writing it would replace the "
+            "input. Choose another output directory"
+        )
     fs, path = url_to_fs(url)
     path = path.rstrip("/")
     if not fs.exists(path):
