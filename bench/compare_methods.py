@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import load_real_captions  # noqa: E402
 
 from curation.balancing import SignatureTable, diagnostics, run_method  # noqa: E402
+from curation.balancing.diagnostics import entry_quality  # noqa: E402
 from curation.spark import SparkConfig, get_spark  # noqa: E402
 from curation.stages.count import CountConfig, run_count  # noqa: E402
 from curation.stages.match import MatchConfig, run_match  # noqa: E402
@@ -162,37 +163,9 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def entry_quality(table: SignatureTable, pi, t_mc: float) -> dict:
-    """What users check of a balanced set, from the expected entry counts n_j = Σ_{i ∋ j} π_i:
-    the shares kept of the tail (c_j ≤ t_mc) and head entries, the head overshoot
-    Σ_j max(0, n_j − t_mc)/Σ_j n_j, the entropy and top-100 share of n/Σn, and the total variation
-    distance of n/Σn to the best capped target min(c_j, t*)/Σ (t* the cap with the same Σ)."""
-    import numpy as np
-
-    c = table.entry_counts().astype(float)
-    n = table.entry_sums(table.multiplicity * pi)
-    tail, head = (c > 0) & (c <= t_mc), c > t_mc
-    p = n[n > 0] / n.sum()
-    total = n.sum()
-    lo, hi = 0.0, float(c.max())
-    for _ in range(100):  # t* with Σ_j min(c_j, t*) = Σ_j n_j
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if np.minimum(c, mid).sum() < total else (lo, mid)
-    capped = np.minimum(c, hi)
-    return {
-        "tail_share": float(n[tail].sum() / c[tail].sum()) if tail.any() else 1.0,
-        "tail_min_share": float((n[tail] / c[tail]).min(initial=1.0)),
-        "head_share": float(n[head].sum() / c[head].sum()) if head.any() else 1.0,
-        "head_overshoot": float(np.maximum(n - t_mc, 0).sum() / total),
-        "entropy_nats": float(-(p * np.log(p)).sum()),
-        "top100_share": float(np.sort(n)[::-1][:100].sum() / total),
-        "tv_to_capped": float(0.5 * np.abs(n / total - capped / capped.sum()).sum()),
-    }
-
-
 def compare_at(table: SignatureTable, n_target: float) -> dict:
-    """Every method at the same expected size N, scored by :func:`entry_quality` against
-    MetaCLIP's cap t_mc at N."""
+    """Every method at the same expected size N, scored by
+    :func:`~curation.balancing.diagnostics.entry_quality` against MetaCLIP's cap t_mc at N."""
     solved = {
         "metaclip": run_method(table, "metaclip", target_size=n_target),
         "balance": run_method(table, "balance", target_size=n_target),
@@ -200,13 +173,14 @@ def compare_at(table: SignatureTable, n_target: float) -> dict:
         "rake (l1)": run_method(table, "rake", target_size=n_target, objective="l1"),
     }
     t_mc = solved["metaclip"].info["t"]
+    counts = table.entry_counts()
     out = {}
     for method, result in solved.items():
         weights = diagnostics(table, result)["weights"]
         out[method] = {
             "t": result.info.get("t") or t_mc,
             "expected_size": float(result.pi @ table.multiplicity),
-            **entry_quality(table, result.pi, t_mc),
+            **entry_quality(table.entry_sums(table.multiplicity * result.pi), counts, t_mc),
             "kish_ess": weights["kish_ess"],
             "max_over_mean": weights["max_over_mean"],
             "passes": result.info.get("passes", 0),

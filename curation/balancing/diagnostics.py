@@ -36,8 +36,6 @@ def entry_stats(
     head = (c > t) if t is not None else (tau < c) & observed
     tail = observed & ~head
     total = n.sum()
-    p = n[n > 0] / total if total > 0 else np.zeros(0)
-    ent = float(-(p * np.log(p)).sum()) if p.size else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(tau > 0, n / np.where(tau > 0, tau, 1.0) - 1.0, 0.0)
     kept = tail & (n >= c * (1 - 1e-9))
@@ -45,13 +43,61 @@ def entry_stats(
         "l1_error": float(np.abs(n - tau)[observed].sum() / max(tau[observed].sum(), 1e-300)),
         "max_rel_err_head": float(np.abs(rel[head]).max(initial=0.0)),
         "max_rel_err": float(np.abs(rel[observed]).max(initial=0.0)),
-        "entropy_nats": ent,
+        "entropy_nats": entropy(n),
         "entropy_max_nats": float(np.log(max(int(observed.sum()), 1))),
-        f"top{top}_share": float(np.sort(n)[::-1][:top].sum() / total) if total > 0 else 0.0,
+        f"top{top}_share": top_share(n, top),
         "tail_entries": int(tail.sum()),
         "tail_entries_fully_kept": int(kept.sum()),
         "tail_entries_fully_kept_share": float(kept.sum() / max(int(tail.sum()), 1)),
         "expected_matches": float(total),
+    }
+
+
+def entropy(n: np.ndarray) -> float:
+    """Entropy (nats) of the distribution n/Σn (0 for an empty or all-zero n)."""
+    total = float(n.sum())
+    p = n[n > 0] / total if total > 0 else np.zeros(0)
+    return float(-(p * np.log(p)).sum()) if p.size else 0.0
+
+
+def top_share(n: np.ndarray, top: int) -> float:
+    """Σ of the ``top`` largest n_j over Σ_j n_j (0 for an all-zero n)."""
+    total = float(n.sum())
+    return float(np.sort(n)[::-1][:top].sum() / total) if total > 0 else 0.0
+
+
+def entry_quality(
+    n: np.ndarray, counts: np.ndarray, t_ref: float, top: int = 100
+) -> dict[str, float]:
+    """What users check of a balanced set against a reference cap ``t_ref`` (MetaCLIP's cap at
+    the same size, when comparing methods), from the expected entry counts n_j = Σ_{i ∋ j} π_i:
+
+    * tail_share = Σ_tail n_j / Σ_tail c_j over tail entries 0 < c_j ≤ t_ref, and the smallest
+      n_j / c_j among them (tail_min_share); head_share likewise over c_j > t_ref;
+    * head_overshoot = Σ_j max(0, n_j − t_ref) / Σ_j n_j;
+    * entropy (nats) and top-k share of n/Σn;
+    * tv_to_capped: total variation distance of n/Σn to the best capped target min(c_j, t*)/Σ,
+      t* the cap with Σ_j min(c_j, t*) = Σ_j n_j.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)
+    tail, head = (c > 0) & (c <= t_ref), c > t_ref
+    total = float(n.sum())
+    lo, hi = 0.0, float(c.max(initial=0.0))
+    for _ in range(100):  # bisection for t*: Σ_j min(c_j, t) is increasing in t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.minimum(c, mid).sum() < total else (lo, mid)
+    capped = np.minimum(c, hi)
+    return {
+        "tail_share": float(n[tail].sum() / c[tail].sum()) if tail.any() else 1.0,
+        "tail_min_share": float((n[tail] / c[tail]).min(initial=1.0)),
+        "head_share": float(n[head].sum() / c[head].sum()) if head.any() else 1.0,
+        "head_overshoot": float(np.maximum(n - t_ref, 0).sum() / total) if total > 0 else 0.0,
+        "entropy_nats": entropy(n),
+        f"top{top}_share": top_share(n, top),
+        "tv_to_capped": float(0.5 * np.abs(n / total - capped / capped.sum()).sum())
+        if total > 0
+        else 0.0,
     }
 
 
