@@ -224,6 +224,7 @@ def test_with_replacement_draws_repeats_to_the_target(spark, matched):
         ({"cap": 5.0, "tail_share": 0.5}, "either --cap or --tail-share"),
         ({"cap": 5.0, "margins": ["source"]}, "MetaCLIP's rule has no margins"),
         ({"with_replacement": True, "cap": 5.0}, "--with-replacement needs --target-size"),
+        ({"cap": 5.0, "rake_objective": "l1"}, "--rake-objective applies to --method rake only"),
     ],
 )
 def test_bad_balance_options_are_named(spark, matched, options, message):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .dual_solver import DEFAULT_DUAL_BOUND, solve_box_dual
+from .dual_solver import solve_box_dual
 from .operators import LocalRakeOperator
 from .rake import build_problem
 from .synthetic import synthetic_table
@@ -40,11 +40,7 @@ def run(
     out = []
     for name, tau in problems.items():
         sol = solve_box_dual(
-            LocalRakeOperator.from_problem(prob),
-            tau,
-            tol=tol,
-            max_passes=max_iter,
-            dual_bound=DEFAULT_DUAL_BOUND,
+            LocalRakeOperator.from_problem(prob), tau, tol=tol, max_passes=max_iter
         )
         out.append(
             {

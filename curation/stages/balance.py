@@ -247,6 +247,8 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         raise BalanceConfigError("--with-replacement needs --target-size or --target-fraction")
     if config.method != "balance" and config.entry_target != "capped":
         raise BalanceConfigError("--entry-target applies to --method balance only")
+    if config.method != "rake" and config.rake_objective != "tail":
+        raise BalanceConfigError("--rake-objective applies to --method rake only")
     if config.method == "metaclip" and config.margins:
         raise BalanceConfigError("MetaCLIP's rule has no margins; use --method balance or rake")
     if config.method != "metaclip" and config.tail_share:
@@ -273,8 +275,6 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         options["entry_target"] = _entry_target(config.entry_target, entries)
     if config.method == "rake":
         options["objective"] = config.rake_objective
-    elif config.rake_objective != "tail":
-        raise BalanceConfigError("--rake-objective applies to --method rake only")
     return options
 
 
