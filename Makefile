@@ -46,7 +46,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e '.[test,download]'
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
-	diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | sed 's/ .*//' | tr A-Z_ a-z-) \
+	diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | sed 's/ .*//' | tr A-Z_ a-z- | sort) \
 	  <(tr A-Z_ a-z- < $(LATEST_VENV)/freeze.txt | sort) | grep '^[<>]' || echo "no drift from the lock"
 	PYSPARK_PYTHON=$(abspath $(LATEST_VENV))/bin/python $(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
