@@ -8,7 +8,12 @@ text. From that one declaration this module derives:
 - loading of the stage's section from a config file (``[match]`` in TOML, ``match:`` in YAML), where an
   unknown key or a value of the wrong type is an error naming the key and the file;
 - ``--set section.key=value`` overrides (the value is parsed as YAML, so ``--set count.margins=[lang]``
-  works).
+  works);
+- the allowed range of every number: a ``float`` field is always finite (NaN and ±inf are refused),
+  and a numeric field's metadata may bound it with ``min``/``max`` (inclusive) and
+  ``above``/``below`` (exclusive). The range is shown in ``--help`` and checked once, when the
+  options are loaded (:func:`from_mapping`, used for flags, the config file and ``curate run``),
+  so a bad value is refused with the option's name and range before any Spark session starts.
 
 Precedence, lowest first: dataclass defaults, the config file, ``--set``, explicit flags.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -138,6 +144,88 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
 
+#: Metadata keys that bound a numeric field: inclusive ``min``/``max``, exclusive ``above``/``below``.
+BOUND_KEYS = ("min", "max", "above", "below")
+
+
+def _number_text(x: float) -> str:
+    """A bound as a user reads it: ``2**64`` rather than its 20 digits."""
+    if isinstance(x, int) and x >= 2**32 and x & (x - 1) == 0:
+        return f"2**{x.bit_length() - 1}"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _numeric_kind(tp: Any) -> type | None:
+    """``int`` or ``float`` for a numeric annotation (also inside ``X | None``), else None."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        kinds = [_numeric_kind(a) for a in get_args(tp) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 else None
+    return tp if tp in (int, float) else None
+
+
+def describe_range(f: dataclasses.Field, tp: Any) -> str | None:
+    """The allowed values of a numeric field in words (``a finite number with 0 <= x < 1``), or
+    None for a field that is not a number."""
+    kind = _numeric_kind(tp)
+    if kind is None:
+        return None
+    meta = f.metadata
+    lower = [f"{_number_text(meta['min'])} <= " if "min" in meta else ""]
+    lower.append(f"{_number_text(meta['above'])} < " if "above" in meta else "")
+    upper = [f" <= {_number_text(meta['max'])}" if "max" in meta else ""]
+    upper.append(f" < {_number_text(meta['below'])}" if "below" in meta else "")
+    what = "an integer" if kind is int else "a finite number"
+    low, high = "".join(lower), "".join(upper)
+    if not low and not high:
+        return what
+    if low and not high:  # "x >= 0" reads better than "0 <= x"
+        op, bound = (">=", meta["min"]) if "min" in meta else (">", meta["above"])
+        return f"{what} {op} {_number_text(bound)}"
+    return f"{what} with {low}x{high}"
+
+
+def out_of_range(value: Any, f: dataclasses.Field, tp: Any) -> str | None:
+    """Why ``value`` lies outside the declared range of ``f`` (None when it is inside)."""
+    kind = _numeric_kind(tp)
+    if kind is None or value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    meta = f.metadata
+    checks = (
+        ("min", lambda b: value >= b, "below the minimum"),
+        ("max", lambda b: value <= b, "above the maximum"),
+        ("above", lambda b: value > b, "too small"),
+        ("below", lambda b: value < b, "too large"),
+    )
+    for key, ok, why in checks:
+        if key in meta and not ok(meta[key]):
+            return why
+    return None
+
+
+def check_ranges(
+    obj: Any,
+    where: str,
+    line_of: typing.Callable[[str], str] = lambda _: "",
+    *,
+    flags: bool = True,
+) -> None:
+    """Refuse a numeric option outside its declared range (see the module docstring): the error
+    names the option (``section.key``, its line in the config file, and its flag when the
+    options have flags) and the range."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        why = out_of_range(value, f, hints[f.name])
+        if why:
+            flag = f" ({_flag(f.name)})" if flags else ""
+            raise ConfigError(
+                f"{where}.{f.name}{line_of(f.name)}{flag} = {value!r}: {why}; "
+                f"allowed: {describe_range(f, hints[f.name])}"
+            )
+
+
 def key_line(path: str, section: str, key: str | None = None) -> int | None:
     """The 1-based line of ``section.key`` (or of ``section``) in a YAML or TOML config file."""
     try:
@@ -175,10 +263,17 @@ def key_line(path: str, section: str, key: str | None = None) -> int | None:
 
 
 def from_mapping(
-    cls: type[T], data: dict[str, Any], where: str, *, path: str = "", section: str = ""
+    cls: type[T],
+    data: dict[str, Any],
+    where: str,
+    *,
+    path: str = "",
+    section: str = "",
+    flags: bool = True,
 ) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types name ``where.key``,
-    and, when the data came from the config file ``path``, the key's line in it."""
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and values out of range
+    name ``where.key`` (and its flag, unless ``flags`` is false), and, when the data came from
+    the config file ``path``, the key's line in it."""
     if not isinstance(data, dict):
         line = key_line(path, section) if path else None
         at = f" (line {line})" if line else ""
@@ -202,7 +297,9 @@ def from_mapping(
             kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
         except ConfigError as exc:
             raise ConfigError(f"{exc}{at(name)}") from exc
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_ranges(obj, where, at, flags=flags)
+    return obj
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:
@@ -222,7 +319,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, group
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         shown = json.dumps(default) if not isinstance(default, str) else repr(default)
-        help_text = f"{help_text} (default: {shown})"
+        allowed = describe_range(f, tp)
+        allowed = f"; allowed: {allowed}" if allowed else ""
+        # argparse formats help with %: a literal percent sign must be doubled
+        help_text = f"{help_text} (default: {shown}{allowed})".replace("%", "%%")
         origin = get_origin(tp)
         if tp is bool:
             arg_group.add_argument(
@@ -255,15 +355,19 @@ def build_config(
     args: argparse.Namespace,
     file_data: dict[str, Any] | None = None,
     source: str = "<command line>",
+    *,
+    flags: bool = True,
 ) -> T:
-    """Defaults < config-file section < explicit flags, checked against ``cls``."""
+    """Defaults < config-file section < explicit flags, checked against ``cls`` (``flags``:
+    whether ``cls`` has command-line flags, to name them in errors)."""
     section_data = (file_data or {}).get(section, {}) or {}
     path = "" if source.startswith("<") else source
+    where = f"{source}: {section}"
     if not isinstance(section_data, dict):
-        return from_mapping(cls, section_data, f"{source}: {section}", path=path, section=section)
+        return from_mapping(cls, section_data, where, path=path, section=section, flags=flags)
     data = dict(section_data)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(args, f.name, None)
         if value is not None:
             data[f.name] = value
-    return from_mapping(cls, data, f"{source}: {section}", path=path, section=section)
+    return from_mapping(cls, data, where, path=path, section=section, flags=flags)

@@ -67,18 +67,21 @@ class DemoPoolConfig:
     output: str = field(
         default="runs/demo/pool", metadata={"help": "output directory of Parquet files"}
     )
-    rows: int = field(default=200_000, metadata={"help": "number of captions"})
-    files: int = field(default=8, metadata={"help": "number of Parquet files"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    rows: int = field(default=200_000, metadata={"min": 1, "help": "number of captions"})
+    files: int = field(default=8, metadata={"min": 1, "help": "number of Parquet files"})
+    seed: int = field(default=0, metadata={"min": 0, "below": 2**64, "help": "random seed"})
     metadata: str = field(
         default=DEFAULT_METADATA, metadata={"help": "metadata list the keywords come from"}
     )
     zipf_exponent: float = field(
-        default=1.1, metadata={"help": "exponent of the keyword popularity law"}
+        default=1.1, metadata={"min": 0, "help": "exponent of the keyword popularity law"}
     )
     vocabulary: int = field(
         default=5_000,
-        metadata={"help": "keywords come from this many entries of the list (0: all of them)"},
+        metadata={
+            "min": 0,
+            "help": "keywords come from this many entries of the list (0: all of them)",
+        },
     )
     url_prefix: str = field(
         default="https://demo.invalid/images/",

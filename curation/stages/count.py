@@ -49,7 +49,9 @@ class CountConfig:
         default_factory=list,
         metadata={"help": "extra margin column, e.g. language (repeatable)", "repeatable": True},
     )
-    top: int = field(default=25, metadata={"help": "how many top entries the summary lists"})
+    top: int = field(
+        default=25, metadata={"min": 0, "help": "how many top entries the summary lists"}
+    )
 
 
 def signature_table(pool: DataFrame, margins: list[str]) -> DataFrame:

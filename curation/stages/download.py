@@ -64,13 +64,16 @@ class _DownloadOptions:
     input: str = field(default="", metadata={"help": "output directory of the select stage"})
     output: str = field(default="", metadata={"help": "output directory of the shard set"})
     samples_per_shard: int = field(
-        default=10_000, metadata={"help": "samples per output shard (the last may hold fewer)"}
+        default=10_000,
+        metadata={"min": 1, "help": "samples per output shard (the last may hold fewer)"},
     )
     shuffle: bool = field(
         default=False, metadata={"help": "mix samples across output shards (seeded)"}
     )
-    seed: int = field(default=0, metadata={"help": "seed of the shuffle order"})
-    image_size: int = field(default=256, metadata={"help": "img2dataset image_size"})
+    seed: int = field(
+        default=0, metadata={"min": 0, "below": 2**64, "help": "seed of the shuffle order"}
+    )
+    image_size: int = field(default=256, metadata={"min": 1, "help": "img2dataset image_size"})
     resize_mode: str = field(
         default="border",
         metadata={
@@ -81,24 +84,36 @@ class _DownloadOptions:
         default=False, metadata={"help": "img2dataset resize_only_if_bigger"}
     )
     encode_format: str = field(default="jpg", metadata={"help": "jpg, png or webp"})
-    encode_quality: int = field(default=95, metadata={"help": "img2dataset encode_quality"})
+    encode_quality: int = field(
+        default=95,
+        metadata={
+            "min": 0,
+            "max": 101,
+            "help": "img2dataset encode_quality: jpg and webp 0-100 (webp above 100: lossless), "
+            "png compression 0-9",
+        },
+    )
     skip_reencode: bool = field(default=False, metadata={"help": "img2dataset skip_reencode"})
     disable_all_reencoding: bool = field(
         default=False, metadata={"help": "keep the downloaded bytes as they are (no resizing)"}
     )
-    min_image_size: int = field(default=0, metadata={"help": "img2dataset min_image_size"})
-    max_aspect_ratio: float = field(
-        default=0.0, metadata={"help": "img2dataset max_aspect_ratio (0: no limit)"}
+    min_image_size: int = field(
+        default=0, metadata={"min": 0, "help": "img2dataset min_image_size"}
     )
-    timeout: int = field(default=10, metadata={"help": "seconds per HTTP request"})
-    retries: int = field(default=0, metadata={"help": "HTTP retries per URL"})
-    thread_count: int = field(default=64, metadata={"help": "download threads per Spark task"})
+    max_aspect_ratio: float = field(
+        default=0.0, metadata={"min": 0, "help": "img2dataset max_aspect_ratio (0: no limit)"}
+    )
+    timeout: int = field(default=10, metadata={"min": 1, "help": "seconds per HTTP request"})
+    retries: int = field(default=0, metadata={"min": 0, "help": "HTTP retries per URL"})
+    thread_count: int = field(
+        default=64, metadata={"min": 1, "help": "download threads per Spark task"}
+    )
     download_shard_size: int = field(
         default=10_000,
-        metadata={"help": "URLs per img2dataset task (its number_sample_per_shard)"},
+        metadata={"min": 1, "help": "URLs per img2dataset task (its number_sample_per_shard)"},
     )
     max_shard_retry: int = field(
-        default=1, metadata={"help": "times img2dataset retries a failed download shard"}
+        default=1, metadata={"min": 0, "help": "times img2dataset retries a failed download shard"}
     )
     user_agent_token: str = field(
         default="", metadata={"help": "token added to the User-Agent (img2dataset's)"}

@@ -112,12 +112,13 @@ class MatchConfig:
     )
     max_caption_chars: int = field(
         default=10_000,
-        metadata={"help": "captions longer than this are rejected as caption_too_long"},
+        metadata={"min": 1, "help": "captions longer than this are rejected as caption_too_long"},
     )
     partitions: int = field(
         default=0,
         metadata={
-            "help": "repartition the pool into this many tasks before matching (0: keep the input splits)"
+            "min": 0,
+            "help": "repartition the pool into this many tasks before matching (0: keep the input splits)",
         },
     )
 

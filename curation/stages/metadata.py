@@ -91,7 +91,10 @@ class MetadataConfig:
     )
     min_unigram_count: int = field(
         default=100,
-        metadata={"help": "keep corpus unigrams seen at least this many times (MetaCLIP: 100)"},
+        metadata={
+            "min": 1,
+            "help": "keep corpus unigrams seen at least this many times (MetaCLIP: 100)",
+        },
     )
     min_bigram_pmi: float = field(
         default=30.0,
@@ -102,19 +105,22 @@ class MetadataConfig:
     min_bigram_count: int = field(
         default=1,
         metadata={
-            "help": "score only bigrams seen at least this many times (MetaCLIP: 1, no floor)"
+            "min": 1,
+            "help": "score only bigrams seen at least this many times (MetaCLIP: 1, no floor)",
         },
     )
     max_unigrams: int = field(
         default=0,
         metadata={
-            "help": "per language, at most this many new unigram entries, most frequent first (0: no cap)"
+            "min": 0,
+            "help": "per language, at most this many new unigram entries, most frequent first (0: no cap)",
         },
     )
     max_bigrams: int = field(
         default=0,
         metadata={
-            "help": "per language, at most this many new bigram entries, highest PMI first (0: no cap)"
+            "min": 0,
+            "help": "per language, at most this many new bigram entries, highest PMI first (0: no cap)",
         },
     )
     titles: str = field(
@@ -136,13 +142,15 @@ class MetadataConfig:
     min_title_views: int = field(
         default=70,
         metadata={
-            "help": "keep titles with at least this many views, summed per title (MetaCLIP: 70)"
+            "min": 0,
+            "help": "keep titles with at least this many views, summed per title (MetaCLIP: 70)",
         },
     )
     max_titles: int = field(
         default=0,
         metadata={
-            "help": "per language, at most this many new title entries, most viewed first (0: no cap)"
+            "min": 0,
+            "help": "per language, at most this many new title entries, most viewed first (0: no cap)",
         },
     )
     extra: str = field(
@@ -160,7 +168,8 @@ class MetadataConfig:
         metadata={"help": "with --lang-col, the language whose list gets the WordNet entries"},
     )
     max_entry_chars: int = field(
-        default=256, metadata={"help": "drop (and count) entries longer than this many characters"}
+        default=256,
+        metadata={"min": 1, "help": "drop (and count) entries longer than this many characters"},
     )
     drop_unmatchable: bool = field(
         default=False,
@@ -171,7 +180,8 @@ class MetadataConfig:
     partitions: int = field(
         default=0,
         metadata={
-            "help": "repartition the corpus into this many tasks before counting (0: keep the input splits)"
+            "min": 0,
+            "help": "repartition the corpus into this many tasks before counting (0: keep the input splits)",
         },
     )
 

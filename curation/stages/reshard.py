@@ -77,7 +77,8 @@ class S3Fields:
     s3_region: str = field(default="", metadata={"help": "S3 region name"})
     s3_profile: str = field(default="", metadata={"help": "AWS profile of ~/.aws to use"})
     s3_retries: int = field(
-        default=5, metadata={"help": "attempts per S3 request (botocore standard retry mode)"}
+        default=5,
+        metadata={"min": 0, "help": "attempts per S3 request (botocore standard retry mode)"},
     )
     s3_anon: bool = field(default=False, metadata={"help": "anonymous S3 access"})
 
@@ -105,13 +106,16 @@ class _ReshardOptions:
     selected: str = field(default="", metadata={"help": "output directory of the select stage"})
     output: str = field(default="", metadata={"help": "output directory of the new shard set"})
     samples_per_shard: int = field(
-        default=10_000, metadata={"help": "samples per output shard (the last may hold fewer)"}
+        default=10_000,
+        metadata={"min": 1, "help": "samples per output shard (the last may hold fewer)"},
     )
     shuffle: bool = field(
         default=False,
         metadata={"help": "mix samples across output shards (deterministic, seeded)"},
     )
-    seed: int = field(default=0, metadata={"help": "seed of the shuffle order"})
+    seed: int = field(
+        default=0, metadata={"min": 0, "below": 2**64, "help": "seed of the shuffle order"}
+    )
     uid_col: str = field(
         default="uid",
         metadata={

@@ -152,11 +152,18 @@ def run_pipeline(
         )
     stages = plan_stages(run, data)
     commands = {stage: load_command(stage) for stage in stages}
+    # Every stage's options are checked (types, ranges) before the first stage does any work.
+    configs = {
+        stage: stage_config(stage, commands[stage], data, run, set(stages[:number]), source)
+        for number, stage in enumerate(stages, 1)
+    }
+    for stage, config in configs.items():
+        if commands[stage].check is not None:
+            commands[stage].check(config)
     result = RunResult(run.dir)
-    ran: set[str] = set()
     for number, stage in enumerate(stages, 1):
         command = commands[stage]
-        config = stage_config(stage, command, data, run, ran | set(stages[:number]), source)
+        config = configs[stage]
         echo(f"[{number}/{len(stages)}] {stage}")
         started = time.perf_counter()
         outcome = command.run(config, get_spark() if command.needs_spark else None, force)
@@ -172,6 +179,5 @@ def run_pipeline(
             f"[{number}/{len(stages)}] {stage} {'skipped (up to date)' if skipped else 'done'} in {seconds:.1f} s"
         )
         result.stages.append({"stage": stage, "seconds": round(seconds, 2), "skipped": skipped})
-        ran.add(stage)
     storage.write_json(storage.join(run.dir, "_run.json"), {"stages": result.stages})
     return result
