@@ -202,11 +202,19 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
         _remove_if_dead(fs, stale, url)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     fs.makedirs(tmp, exist_ok=True)
-    with fs.open(join(tmp, OWNER), "wb") as f:
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+    # written whole or not at all (temporary name, then a rename), so a run that reads it never
+    # takes a half-written owner file for a dead run's
+    write_bytes(
+        protocol + join(tmp, OWNER) if protocol else join(tmp, OWNER),
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(),
+    )
     try:
+        # Two runs that passed the check above at the same moment: each wrote its owner file
+        # before this look, so the later one sees the other (both may; neither goes on alone).
+        for other in fs.glob(f"{path}.tmp-*"):
+            if other.rstrip("/") != tmp:
+                _refuse_if_in_use(fs, other, url)
         yield protocol + tmp if protocol else tmp
-        fs.rm(join(tmp, OWNER))
         with fs.open(join(tmp, MANIFEST), "wb") as f:
             f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
         old = None
@@ -220,8 +228,11 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
             if parent:
                 fs.makedirs(parent, exist_ok=True)
         fs.mv(tmp, path, recursive=True)
+        # The owner file stays until the move is done: a work area with a manifest and no owner
+        # is a dead run's leftover to any other run, which would remove it mid-commit.
+        fs.rm(join(path, OWNER))
         fs.touch(join(path, SUCCESS))  # last: the output is whole
-        if old is not None:
+        if old is not None and fs.exists(old):  # a run starting now may have removed it
             fs.rm(old, recursive=True)
     except BaseException:
         if fs.exists(tmp):
@@ -278,26 +289,33 @@ def check_output_is_ours(url: str, inputs: list[str]) -> None:
     )
 
 
+def _refuse_if_in_use(fs: fsspec.AbstractFileSystem, stale: str, url: str) -> bool:
+    """Raise :class:`OutputNotOursError` when another run is writing ``stale``; True when
+    ``stale`` has an owner file (whose writer is gone)."""
+    owner = join(stale, OWNER)
+    try:
+        with fs.open(owner, "rb") as f:
+            who = json.load(f)
+    except FileNotFoundError:
+        return False
+    except (ValueError, OSError):
+        who = {}
+    if who.get("host") == socket.gethostname() and _alive(int(who.get("pid", -1))):
+        raise OutputNotOursError(
+            f"{url}: in use by another run (process {who['pid']} is writing {stale}); wait "
+            "for it to finish or choose another output directory"
+        )
+    if who.get("host") not in (None, socket.gethostname()):
+        raise OutputNotOursError(
+            f"{url}: {stale} is being written by a run on host {who['host']}, which cannot be "
+            "checked from here; if that run is gone, delete the folder by hand"
+        )
+    return True
+
+
 def _remove_if_dead(fs: fsspec.AbstractFileSystem, stale: str, url: str) -> None:
     """Remove a temporary directory of ours whose writer is gone; refuse one in use."""
-    owner = join(stale, OWNER)
-    if fs.exists(owner):
-        try:
-            with fs.open(owner, "rb") as f:
-                who = json.load(f)
-        except (ValueError, OSError):
-            who = {}
-        if who.get("host") == socket.gethostname() and _alive(int(who.get("pid", -1))):
-            raise OutputNotOursError(
-                f"{url}: in use by another run (process {who['pid']} is writing {stale}); wait "
-                "for it to finish or choose another output directory"
-            )
-        if who.get("host") not in (None, socket.gethostname()):
-            raise OutputNotOursError(
-                f"{url}: {stale} is being written by a run on host {who['host']}, which cannot be "
-                "checked from here; if that run is gone, delete the folder by hand"
-            )
-    elif not fs.exists(join(stale, MANIFEST)):
+    if not _refuse_if_in_use(fs, stale, url) and not fs.exists(join(stale, MANIFEST)):
         return  # neither an owner nor a manifest: not provably ours, leave it alone
     fs.rm(stale, recursive=True)
 
