@@ -26,7 +26,7 @@ from curation.config import (
     load_config_file,
 )
 from curation.metadata import MetadataError
-from curation.spark import SparkConfig, get_spark
+from curation.spark import SparkConfig, get_spark, java_causes, quiet_pyspark_loggers
 from curation.storage import StageInputError
 
 log = logging.getLogger("curation")
@@ -37,6 +37,8 @@ class Command:
     """A subcommand: its options dataclass, config-file section, and what runs it.
 
     ``run(config, spark_or_none, force)`` returns a result whose ``summary`` is printed.
+    ``check(config)``, when given, refuses options that do not fit together; it runs before any
+    Spark session starts (each option's own type and range are checked when it is loaded).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Command:
     section: str
     run: Callable[..., Any]
     needs_spark: bool = True
+    check: Callable[[Any], None] | None = None
 
 
 # Subcommands live in their stage modules; each exposes ``COMMAND``. Imported lazily so that
@@ -130,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spark_config(file_data: dict[str, Any], source: str, args: argparse.Namespace) -> SparkConfig:
-    config = build_config(SparkConfig, "spark", argparse.Namespace(), file_data, source)
+    config = build_config(
+        SparkConfig, "spark", argparse.Namespace(), file_data, source, flags=False
+    )
     if args.master:
         config.master = args.master
     if args.debug:
@@ -161,6 +166,8 @@ def _setup_logging(debug: bool) -> None:
     )
     for noisy in ("py4j", "fsspec", "s3fs", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        quiet_pyspark_loggers()
 
 
 def run_command(argv: Sequence[str]) -> Any:
@@ -176,40 +183,94 @@ def run_command(argv: Sequence[str]) -> Any:
         source = args.config
     file_data = apply_overrides(file_data, args.overrides)
     config = build_config(command.config_cls, command.section, args, file_data, source)
-    spark = get_spark(_spark_config(file_data, source, args)) if command.needs_spark else None
+    spark_config = _spark_config(file_data, source, args) if command.needs_spark else None
+    if command.check is not None:
+        command.check(config)
+    spark = get_spark(spark_config) if spark_config is not None else None
     return command.run(config, spark, args.force)
 
 
 _PYTHON_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$")
 # The Java exception of a Py4JJavaError (": org.apache.spark.SparkException: [CLASS] message").
-_JAVA_ERROR_LINE = re.compile(r"^: [\w.$]+: (?:\[([A-Z_.]+)\] )?(.*?)(?:\s+SQLSTATE: \w+)?$")
-_READ_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?$")
-_CAUSED_BY = re.compile(r"^Caused by: [\w.$]+: (.*)$")
+_JAVA_ERROR_LINE = re.compile(r"^: ([\w.$]+): (?:\[([A-Z_.]+)\] )?(.*?)(?:\s+SQLSTATE: \w+)?$")
+_READ_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s+(.*))?$")
+_CAUSED_BY = re.compile(r"^Caused by: ([\w.$]+)(?:: (.*))?$")
+# Spark's "[CLASS] " prefix and " SQLSTATE: 58030" suffix: noise in a one-line error.
+_CONDITION = re.compile(r"^\[([A-Z_.]+)\] ")
+_SQLSTATE = re.compile(r"\s+SQLSTATE: \w+\.?$")
+# A job failure repeats the task's error after "most recent failure: Lost task ... (TID n) (...):"
+_LOST_TASK = re.compile(r"most recent failure: Lost task .*?\): [\w.$]+: (.*)$")
+_MAX_CAUSE_CHARS = 300
+
+
+def _clean_java_message(message: str) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    lost = _LOST_TASK.search(first)
+    if lost:
+        first = lost.group(1)
+    return _SQLSTATE.sub("", _CONDITION.sub("", first)).strip()
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_CAUSE_CHARS else text[:_MAX_CAUSE_CHARS] + "..."
+
+
+def java_chain(exc: BaseException, lines: list[str]) -> list[tuple[str, str]]:
+    """The Java exception and its causes, outermost first: asked of the JVM through Py4J, or,
+    when it cannot be asked, read from the error's text (its ": class: message" line and its
+    "Caused by:" lines)."""
+    chain = java_causes(exc)
+    if chain:
+        return chain
+    top = [m for m in map(_JAVA_ERROR_LINE.match, lines) if m]
+    if not top:
+        return []
+    causes = [(m.group(1), m.group(2) or "") for m in map(_CAUSED_BY.match, lines) if m]
+    first = top[0]
+    message = (f"[{first.group(2)}] " if first.group(2) else "") + first.group(3)
+    return [(first.group(1), message), *causes]
+
+
+def describe_java_failure(chain: list[tuple[str, str]]) -> str:
+    """One line for a failed Spark job: Spark's own message (which names the file or column when
+    Spark knows it), then the root cause, e.g. ``Task failed while writing rows to file:/out;
+    cause: IOException: No space left on device``."""
+    condition = _CONDITION.match(chain[0][1].strip())
+    message = _clean_java_message(chain[0][1])
+    root_class, root_message = chain[-1]
+    root = _clean_java_message(root_message)
+    if condition and condition.group(1).startswith("FAILED_READ_FILE"):
+        where = _READ_FILE.search(message)
+        name = where.group(1) if where else "an input file"
+        if root_class.endswith("SchemaColumnConvertNotSupportedException"):
+            detail = (where.group(2) if where else "") or root
+            return (
+                f"cannot read {name}: {_short(detail.rstrip('.'))} (the pool's files disagree "
+                "on this column's type: give it the same type in every file)"
+            )
+        return (
+            f"cannot read {name}: {_short(root or message)} (the file is corrupt, truncated or "
+            "unreadable: replace or remove it)"
+        )
+    if len(chain) == 1 or not root or root in message:
+        return message
+    return f"{message.rstrip('.')}; cause: {root_class.rsplit('.', 1)[-1]}: {_short(root)}"
 
 
 def describe_exception(exc: BaseException) -> str:
     """One line for an unexpected error: for a failed Spark task, the Python error behind it;
-    for a file Spark cannot read (corrupt, truncated, unreadable), the file and the cause."""
+    for a failed Spark job, Spark's message and the root cause of its Java cause chain (a file
+    Spark cannot read: the file and the cause)."""
     text = str(exc).strip()
     lines = text.splitlines()
-    java = [m for m in map(_JAVA_ERROR_LINE.match, lines) if m]
-    if java and (java[0].group(1) or "").startswith("FAILED_READ_FILE"):
-        where = _READ_FILE.search(java[0].group(2))
-        causes = [m.group(1).strip() for m in map(_CAUSED_BY.match, lines) if m]
-        cause = causes[0] if causes else java[0].group(2)
-        if len(cause) > 300:
-            cause = cause[:300] + "..."
-        name = where.group(1) if where else "an input file"
-        return (
-            f"cannot read {name}: {cause} (the file is corrupt, truncated or unreadable: "
-            "replace or remove it)"
-        )
     found = [m for m in map(_PYTHON_ERROR_LINE.match, lines) if m]
-    if found:
+    chain = java_chain(exc, lines)
+    python_task = "Traceback (most recent call last)" in text or not chain
+    if found and python_task:
         name, message = found[-1].groups()
         return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"
-    if java:
-        return java[0].group(2).strip()
+    if chain and (len(chain) > 1 or any(_JAVA_ERROR_LINE.match(line) for line in lines)):
+        return describe_java_failure(chain)
     first = lines[0] if text else ""
     described = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     if type(exc).__name__ in _UNREACHABLE:

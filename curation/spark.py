@@ -45,7 +45,10 @@ class SparkConfig:
     )
     shuffle_partitions: int = field(
         default=0,
-        metadata={"help": "spark.sql.shuffle.partitions (0: 4 x the default parallelism)"},
+        metadata={
+            "min": 0,
+            "help": "spark.sql.shuffle.partitions (0: 4 x the default parallelism)",
+        },
     )
     log_level: str = field(
         default="FATAL",
@@ -134,3 +137,32 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         spark.sparkContext.defaultParallelism,
     )
     return spark
+
+
+#: A Java exception as (class name, message).
+JavaError = tuple[str, str]
+
+
+def java_causes(exc: BaseException) -> list[JavaError]:
+    """The Java exception behind a Py4J error (``Py4JJavaError.java_exception``, or the origin of
+    a PySpark exception converted from Java) and its causes, outermost first. Empty when there
+    is none, or when the JVM can no longer be asked (the text of the error is parsed then)."""
+    throwable = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    chain: list[JavaError] = []
+    while throwable is not None and len(chain) < 32:
+        try:
+            chain.append((str(throwable.getClass().getName()), str(throwable.getMessage() or "")))
+            throwable = throwable.getCause()  # Java returns null, never itself, at the end
+        except Exception:  # noqa: BLE001 - a closed gateway: describe what was read so far
+            break
+    return chain
+
+
+def quiet_pyspark_loggers() -> None:
+    """Silence PySpark's JSON log records of failed queries (``DataFrameQueryContextLogger``: one
+    line of about 10 kB, the full Java stack trace, for every AnalysisException): curate reports
+    the error itself, in one line; ``--debug`` keeps them."""
+    from pyspark.logger import PySparkLogger
+
+    for name in ("DataFrameQueryContextLogger", "SQLQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)

@@ -57,6 +57,7 @@ from curation.balancing import (
     run_method,
     score_arrow,
 )
+from curation.balancing.degenerate import check_result
 from curation.balancing.distributed import (
     choose_execution,
     run_method_spark,
@@ -93,18 +94,25 @@ class BalanceConfig:
         },
     )
     cap: float = field(
-        default=0.0, metadata={"help": "per-entry cap t (0: solve it from the target size)"}
+        default=0.0,
+        metadata={"min": 0, "help": "per-entry cap t (0: solve it from the target size)"},
     )
     target_size: int = field(
-        default=0, metadata={"help": "target output size N (expected number of samples)"}
+        default=0, metadata={"min": 0, "help": "target output size N (expected number of samples)"}
     )
     target_fraction: float = field(
-        default=0.0, metadata={"help": "target size as a fraction of the matched samples"}
+        default=0.0,
+        metadata={
+            "min": 0,
+            "help": "target size as a fraction of the matched samples (above 1 only with --with-replacement)",
+        },
     )
     tail_share: float = field(
         default=0.0,
         metadata={
-            "help": "MetaCLIP 2's rule: t such that entries below t hold this share of all matches"
+            "min": 0,
+            "below": 1,
+            "help": "MetaCLIP 2's rule: t such that entries below t hold this share of all matches",
         },
     )
     margins: list[str] = field(
@@ -128,10 +136,14 @@ class BalanceConfig:
     )
     tol: float = field(
         default=0.0,
-        metadata={"help": "solver tolerance (0: the method's default: rake 1e-3, balance 1e-6)"},
+        metadata={
+            "min": 0,
+            "below": 1,
+            "help": "solver tolerance (0: the method's default: rake 1e-3, balance 1e-6)",
+        },
     )
     max_iter: int = field(
-        default=0, metadata={"help": "solver iteration limit (0: the method's default)"}
+        default=0, metadata={"min": 0, "help": "solver iteration limit (0: the method's default)"}
     )
     keep_unmatched: bool = field(
         default=False,
@@ -140,7 +152,7 @@ class BalanceConfig:
         },
     )
     unmatched_cap: float = field(
-        default=0.0, metadata={"help": "cap of <unmatched> (0: the same as t)"}
+        default=0.0, metadata={"min": 0, "help": "cap of <unmatched> (0: the same as t)"}
     )
     with_replacement: bool = field(
         default=False,
@@ -156,7 +168,10 @@ class BalanceConfig:
     )
     max_driver_nnz: int = field(
         default=50_000_000,
-        metadata={"help": "with --execution auto: the largest table (Σ|S|) solved on the driver"},
+        metadata={
+            "min": 0,
+            "help": "with --execution auto: the largest table (Σ|S|) solved on the driver",
+        },
     )
 
 
@@ -219,9 +234,9 @@ def _margin_targets(spec: str, margins: list[str]) -> dict[str, Any] | None:
     return {margins[0]: data}
 
 
-def method_options(config: BalanceConfig, entries: list[str], n_matched: int) -> dict[str, Any]:
-    """The keyword arguments of :func:`curation.balancing.run_method` for this config."""
-    target_size = _resolve_target_size(config, n_matched)
+def check_options(config: BalanceConfig) -> None:
+    """Refuse options that do not fit together (before any Spark work; the message names them)."""
+    _resolve_target_size(config, 1)
     caps = [x for x in (config.cap, config.tail_share) if x]
     if len(caps) > 1:
         raise BalanceConfigError("give either --cap or --tail-share, not both")
@@ -229,21 +244,17 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         raise BalanceConfigError(f"--cap {config.cap}: the cap must be positive")
     if config.tail_share and not 0 < config.tail_share < 1:
         raise BalanceConfigError("--tail-share must lie strictly between 0 and 1")
-    if not caps and target_size is None:
+    given_size = bool(config.target_size or config.target_fraction)
+    if not caps and not given_size:
         raise BalanceConfigError(
             "nothing fixes the output: give --cap T, --target-size N, --target-fraction F or "
             "--tail-share P (0 means not given: a cap or size of 0 would keep nothing)"
         )
-    if (
-        config.cap
-        and target_size is not None
-        and not config.with_replacement
-        and config.method != "balance"
-    ):
+    if config.cap and given_size and not config.with_replacement and config.method != "balance":
         raise BalanceConfigError(
             "--cap and a target size both fix the size for this method; give one of them"
         )
-    if config.with_replacement and target_size is None:
+    if config.with_replacement and not given_size:
         raise BalanceConfigError("--with-replacement needs --target-size or --target-fraction")
     if config.method != "balance" and config.entry_target != "capped":
         raise BalanceConfigError("--entry-target applies to --method balance only")
@@ -253,6 +264,12 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         raise BalanceConfigError("MetaCLIP's rule has no margins; use --method balance or rake")
     if config.method != "metaclip" and config.tail_share:
         raise BalanceConfigError("--tail-share is MetaCLIP 2's rule for --method metaclip")
+
+
+def method_options(config: BalanceConfig, entries: list[str], n_matched: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`curation.balancing.run_method` for this config."""
+    check_options(config)
+    target_size = _resolve_target_size(config, n_matched)
     options: dict[str, Any] = {
         "keep_unmatched": config.keep_unmatched,
         "unmatched_cap": config.unmatched_cap or None,
@@ -276,6 +293,17 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
     if config.method == "rake":
         options["objective"] = config.rake_objective
     return options
+
+
+def _size_options(config: BalanceConfig) -> dict[str, float]:
+    """The options that fix the output's size and shape, by flag (for error messages)."""
+    return {
+        "--cap": config.cap,
+        "--tail-share": config.tail_share,
+        "--target-size": config.target_size,
+        "--target-fraction": config.target_fraction,
+        "--tol": config.tol,
+    }
 
 
 def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> DataFrame:
@@ -502,6 +530,7 @@ def run_balance(
                 "of samples with repeats)"
             ) from exc
         raise BalanceConfigError(f"infeasible target: {exc}") from exc
+    check_result(result, table, _size_options(config))  # NaN, inf or empty: never committed
     diag = diagnostics(table, result)
     if table is not None:
         work = table.with_unmatched_entry() if result.params.keep_unmatched else table
@@ -578,4 +607,5 @@ COMMAND = Command(
     config_cls=BalanceConfig,
     section="balance",
     run=_run,
+    check=check_options,
 )

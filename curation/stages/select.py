@@ -51,7 +51,9 @@ class SelectConfig:
     input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
     weights: str = field(default="", metadata={"help": "balance directory (output of balance)"})
     output: str = field(default="", metadata={"help": "output directory of the selection"})
-    seed: int = field(default=0, metadata={"help": "selection seed (0 <= seed < 2**64)"})
+    seed: int = field(
+        default=0, metadata={"min": 0, "below": 2**64, "help": "selection seed (0 <= seed < 2**64)"}
+    )
     with_replacement: bool = field(
         default=False,
         metadata={"help": "draw integer repeats (needs a balance run solved --with-replacement)"},
@@ -152,6 +154,15 @@ def subset_halves(selected: DataFrame) -> np.ndarray:
     return out
 
 
+def empty_selection_warning(expected_size: float) -> str:
+    """What a user must know about a selection of 0 samples (it is committed: a valid draw)."""
+    return (
+        f"0 samples selected (expected {expected_size:.3g}): the shard set would be empty; "
+        "rerun balance with a larger --cap or --target-size, or check that --weights comes "
+        "from a balance run on this --input"
+    )
+
+
 @dataclass
 class SelectResult:
     output: str
@@ -168,6 +179,7 @@ class SelectResult:
                 f"  selected   {storage.join(self.output, 'selected')}",
                 f"  subset     {storage.join(self.output, 'subset.npy')}",
             ]
+            + ([f"  WARNING    {s['warning']}"] if s.get("warning") else [])
         )
 
 
@@ -244,6 +256,9 @@ def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -
                 "total_repeats": int(counts[1] or 0),
                 "seconds": round(time.perf_counter() - started, 2),
             }
+            if summary["selected"] == 0:
+                summary["warning"] = empty_selection_warning(summary["expected_size"])
+                log.warning("select: %s", summary["warning"])
             storage.write_json(storage.join(tmp, "summary.json"), summary)
     finally:
         broadcast.unpersist()
