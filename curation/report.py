@@ -475,6 +475,46 @@ def plot_convergence(history: list[dict[str, Any]]) -> Plot | None:
     )
 
 
+def plot_tail_entropy(points: list[tuple[str, dict[str, Any], bool]]) -> Plot | None:
+    """Entropy of the expected entry distribution against the tail share kept, one point per
+    run and one per MetaCLIP baseline at the same size (``points``: label, the
+    :func:`~curation.balancing.diagnostics.entry_quality` dict, is-baseline). Up and to the right
+    is better: a flatter head while keeping the tail."""
+    pts = [
+        (label, q["tail_share"], q["entropy_nats"], baseline)
+        for label, q, baseline in points
+        if _finite(q.get("tail_share")) and _finite(q.get("entropy_nats"))
+    ]
+    if not pts:
+        return None
+    fig, ax = _figure(7.2, 3.6)
+    for label, x, y, baseline in pts:
+        ax.scatter(
+            [x],
+            [y],
+            s=60,
+            marker="s" if baseline else "o",
+            color=BEFORE_COLOR if baseline else AFTER_COLOR,
+            zorder=3,
+        )
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    xs = [p[1] for p in pts]
+    ax.set_xlim(min(min(xs) - 0.02, 0.9), 1.01)
+    _style(
+        ax,
+        "Entropy against tail share, at equal expected size",
+        "share of tail-entry samples kept (entries with c_j ≤ MetaCLIP's cap)",
+        "entropy of expected entry counts (nats)",
+    )
+    return _render(
+        fig,
+        "Scatter of entropy against tail share for each balance run and MetaCLIP's rule at "
+        "the same expected size",
+        "Squares: MetaCLIP's rule at the run's expected size; circles: the runs. A method beats "
+        "MetaCLIP when its point lies above the square (flatter) at the same tail share.",
+    )
+
+
 def plot_margin(column: str, before: dict[str, float], after: list[tuple[str, dict]]) -> Plot:
     """Grouped bars: each level's share of samples before and after each balance run."""
     levels = list(before)
@@ -989,6 +1029,19 @@ def _section_balance(b: _Builder) -> list[_BalanceRun]:
         )
         plots = d.get("plots") or {}
         body.append(b.figure(plot_rank_frequency(plots, f"Entry counts by rank: {r.label}")))
+        ref = info.get("vs_metaclip")
+        if ref and r.method != "metaclip":
+            body.append(_vs_metaclip(ref))
+            body.append(
+                b.figure(
+                    plot_tail_entropy(
+                        [
+                            ("MetaCLIP, same size", ref["metaclip"], True),
+                            (r.label, ref["this"], False),
+                        ]
+                    )
+                )
+            )
         body.append(
             b.figure(plot_pi_histogram((d.get("inclusion") or {}).get("pi_histogram") or {}))
         )
@@ -1020,6 +1073,27 @@ def _section_balance(b: _Builder) -> list[_BalanceRun]:
     b.summary["balance"] = summaries
     b.sections.append(("balance", "Balancing", "".join(body)))
     return runs
+
+
+_VS_ROWS = (
+    ("tail_share", "tail share kept (c_j ≤ MetaCLIP's cap)", fmt_num),
+    ("tail_min_share", "smallest share kept by a tail entry", fmt_num),
+    ("entropy_nats", "entropy (nats)", fmt_num),
+    ("top100_share", "top-100 share", fmt_pct),
+    ("head_overshoot", "head overshoot over the cap", fmt_pct),
+    ("tv_to_capped", "TV distance to the capped target", fmt_num),
+)
+
+
+def _vs_metaclip(ref: dict[str, Any]) -> str:
+    """This run against MetaCLIP's rule at the same expected size (:mod:`curation.balancing.reference`)."""
+    rows = [
+        (label, f(ref["metaclip"].get(key)), f(ref["this"].get(key))) for key, label, f in _VS_ROWS
+    ]
+    return (
+        f"<h4>Against MetaCLIP's rule at the same size (cap {fmt_num(ref.get('t_mc'))})</h4>"
+        + _table(("", "MetaCLIP", "this run"), rows, align="lrr")
+    )
 
 
 def _head_entries(out: StageOutput) -> str:
@@ -1129,6 +1203,18 @@ def _section_comparison(b: _Builder, runs: list[_BalanceRun]) -> None:
         [(r.label, r.diag.get("plots") or {}) for r in runs],
     )
     body += b.figure(overlay)
+    points: list[tuple[str, dict[str, Any], bool]] = []
+    baselines: set[float] = set()
+    for r in runs:
+        ref = (r.summary.get("info") or r.diag.get("info") or {}).get("vs_metaclip")
+        if not ref:
+            continue
+        size = round(float(ref["expected_size"]), 3)
+        if r.method != "metaclip" and size not in baselines:
+            baselines.add(size)
+            points.append((f"MetaCLIP at {fmt_num(size)}", ref["metaclip"], True))
+        points.append((r.label, ref["this"], r.method == "metaclip"))
+    body += b.figure(plot_tail_entropy(points))
     b.summary["comparison"] = table_summary
     b.sections.append(("comparison", "Method comparison", body))
 

@@ -54,3 +54,42 @@ def test_diagnostics_structure():
         "rank_frequency_after",
         "rank_frequency_target",
     }
+
+
+@pytest.mark.parametrize("method", ["rake", "balance", "metaclip"])
+def test_metaclip_reference_is_at_the_same_size(method):
+    """Every run is scored against MetaCLIP's rule at its own expected size, both against
+    MetaCLIP's cap t_mc at that size: MetaCLIP keeps its whole tail there, rake (tail) keeps it as
+    well and is flatter."""
+    from curation.balancing import run_method
+    from curation.balancing.metaclip import metaclip
+    from curation.balancing.synthetic import synthetic_table
+
+    tab = synthetic_table(5000, 600, mean_k=4, seed=7)
+    n_target = 0.3 * tab.n_matched
+    kw = {"target_size": n_target} if method != "balance" else {"t": 20.0}
+    result = run_method(tab, method, reference=True, **kw)
+    ref = result.info["vs_metaclip"]
+    size = float((tab.multiplicity * result.pi).sum())
+    assert ref["expected_size"] == pytest.approx(size, rel=1e-9)
+    t_mc = metaclip(tab, target_size=size).info["t"]
+    assert ref["t_mc"] == pytest.approx(t_mc, rel=1e-6)
+    assert ref["metaclip"]["tail_share"] == pytest.approx(1.0)
+    if method == "metaclip":
+        assert ref["this"] == ref["metaclip"]
+    if method == "rake":
+        assert ref["this"]["tail_share"] >= 0.99
+        assert ref["this"]["entropy_nats"] > ref["metaclip"]["entropy_nats"]
+        assert ref["this"]["top100_share"] < ref["metaclip"]["top100_share"]
+
+
+def test_metaclip_reference_is_skipped_with_replacement():
+    """With repeats the size is not set by π: there is no like-for-like baseline."""
+    from curation.balancing import run_method
+    from curation.balancing.synthetic import synthetic_table
+
+    tab = synthetic_table(2000, 200, mean_k=3, seed=1)
+    result = run_method(
+        tab, "metaclip", reference=True, t=5.0, target_size=3 * tab.n_matched, with_replacement=True
+    )
+    assert result.info["vs_metaclip"] is None

@@ -165,6 +165,14 @@ def test_page_has_every_section_and_the_stage_numbers(run_dir, page):
     # the killed balance run is listed but not reported; a directory without manifest is ignored
     assert "balance-killed/" in page and "incomplete (no _SUCCESS)" in page
     assert "balance-killed/ (balance)" not in page and "notes/" not in page
+    # rake is scored against MetaCLIP's rule at its own expected size, and beats it there
+    rake_info = read(run_dir / "balance-rake" / "summary.json")["info"]["vs_metaclip"]
+    assert "Against MetaCLIP&#x27;s rule at the same size" in page or (
+        "Against MetaCLIP's rule at the same size" in page
+    )
+    assert f">{fmt_num(rake_info['this']['entropy_nats'])}<" in page
+    assert f">{fmt_num(rake_info['metaclip']['entropy_nats'])}<" in page
+    assert "Entropy against tail share" in page or "entropy against tail share" in page
     # metaclip is closed form: no convergence curve, and the page says so
     assert "closed-form method" in page
 
@@ -173,9 +181,9 @@ def test_every_image_is_an_embedded_png_that_decodes(page, summary):
     from PIL import Image
 
     tags = IMG.findall(page)
-    # matches; per balance run rank-frequency + π histogram (+ convergence for rake);
-    # the method overlay; the source margin
-    assert len(tags) == summary["plots"] == 8
+    # matches; per balance run rank-frequency + π histogram (+ convergence and the entropy/tail
+    # scatter against MetaCLIP for rake); the method overlay and scatter; the source margin
+    assert len(tags) == summary["plots"] == 10
     for tag in tags:
         src = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', tag)
         assert src, tag[:80]

@@ -1,18 +1,35 @@
-"""The size searches of ``rake``: the cap t with Σπ(t) = N, and the shift ν that meets N exactly.
+"""The size searches of ``rake``: the cap t with Σπ(t) ≈ N, and the shift ν that meets N exactly.
 
-Each evaluation of Σπ(t) is a raking solve, so the search keeps evaluations few: secant steps in
-(log t, log Σπ) until N is bracketed, then Brent's method on log t, stopping as soon as the size is
-within the tolerance. The solves are warm-started from the nearest earlier one (λ and the
-quasi-Newton memory, see :mod:`.dual_solver`), so later evaluations cost a few passes each.
+Each evaluation of Σπ(t) is a raking solve, so the search must need few of them. It steps with a
+model of how the size follows the targets instead of a secant on (t, Σπ):
+
+    Σπ = S_keep + M / k̄,    M = Σ_{j free} (n_j − b_j),
+
+where S_keep is the size of the fixed ("kept") rows, b_j what they bring to column j, M the
+matches the raked rows hold and k̄ = M / (Σπ − S_keep) the mean number of free columns of a raked
+row, weighted by π. At a solution the free columns meet their targets τ_j(t) = min(c_j, t) where
+they can, so a change of t moves M by the change of the target sum R(t) = Σ_{j free}
+max(0, τ_j(t) − b_j), and moves Σπ by that over k̄. The step to N is therefore
+
+    R(t') = R(t) + k̄ · (N − Σπ(t)),
+
+solved for t' (R is non-decreasing and piecewise linear in t, so by bisection on log t). k̄ drifts
+slowly with t, so two or three solves usually land within the tolerance. Steps are kept inside the
+bracket of evaluated sizes (log-bisection otherwise), so the search cannot diverge.
+
+The solves of the search are rough (a few passes each, warm-started from the nearest earlier one):
+Σπ is an aggregate and settles long before the per-column KKT error does. ``rake`` then solves at
+the chosen t to full tolerance, and :func:`size_shift` meets N exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["search_cap", "size_shift"]
+__all__ = ["CapSearch", "SizeEvaluation", "size_shift"]
 
 
 def size_shift(size_fn: Callable[[float], float], n_target: float) -> float:
@@ -36,76 +53,113 @@ def size_shift(size_fn: Callable[[float], float], n_target: float) -> float:
     return float(brentq(f, lo, hi, xtol=1e-12, rtol=1e-12))
 
 
-class _CapFound(Exception):
-    def __init__(self, t: float) -> None:
-        self.t = t
+@dataclass(frozen=True)
+class SizeEvaluation:
+    """One solve of the search: its expected size Σπ and the matches M its raked rows hold."""
+
+    size: float
+    raked_matches: float
 
 
-def search_cap(
-    size_at: Callable[[float], float],
-    n_target: float,
-    t0: float,
-    cmax: float,
-    slope0: float,
-    *,
-    rtol: float,
-    max_evals: int,
-) -> float:
-    """The cap t with |Σπ(t) − N| ≤ rtol·N for the non-decreasing size Σπ(t) (each evaluation is
-    an inner raking solve, so evaluations are few): from t0, secant steps in (log t, log Σπ)
-    (first slope ``slope0``, later the secant slope, clipped to [0.05, 5]; each step aims 2 %
-    past N and moves t by a factor within [1.1, 16]) until N is bracketed, then Brent's method
-    on log t with an early exit at the tolerance. Returns the best evaluated t if the budget of
-    ``max_evals`` evaluations runs out."""
-    from scipy.optimize import brentq
+@dataclass
+class CapSearch:
+    """The cap t with |Σπ(t) − N| ≤ rtol·N, by the model steps of the module docstring.
 
-    seen: dict[float, float] = {}
+    Args:
+        target_sum: R(t) = Σ_{j free} max(0, τ_j(t) − b_j), the matches the raked rows are asked
+            for at cap t (non-decreasing in t).
+        kept_size: S_keep, the size of the fixed rows (0 when nothing is fixed).
+        raked_rows: Σ m_r over the raked rows, for k̄ before any solve (π = 1 on all of them).
+        t_min, t_max: the range of t (t_max: the largest count, where every target is c_j).
+    """
 
-    def f(t: float) -> float:
-        s = size_at(t)
-        seen[t] = s
-        if abs(s - n_target) <= rtol * n_target:
-            raise _CapFound(t)
-        return s
+    target_sum: Callable[[float], float]
+    kept_size: float
+    raked_rows: float
+    t_min: float
+    t_max: float
+    evaluations: dict[float, SizeEvaluation] = field(default_factory=dict)
 
-    try:
-        t, s = t0, f(t0)
-        lo = hi = None
-        slope = slope0
-        while len(seen) < max_evals:
-            if s < n_target:
-                lo = (t, s)
-                if t >= cmax:
-                    return cmax
+    def mean_matches(self, ev: SizeEvaluation | None) -> float:
+        """k̄: free columns per raked row, π-weighted (before any solve: over all raked rows)."""
+        if ev is not None and ev.size - self.kept_size > 1e-9 * max(ev.size, 1.0):
+            return ev.raked_matches / (ev.size - self.kept_size)
+        return self.target_sum(self.t_max) / max(self.raked_rows, 1e-300)
+
+    def model_step(self, n_target: float, t: float | None) -> float:
+        """The next t: R(t') = R(t) + (N − Σπ(t)) / s, with s = dΣπ/dR.
+
+        s is 1/k̄ (the model of the module docstring) until two solves exist, then the secant
+        slope between the last two, clipped to [1/(4k̄), 2/k̄]: the rows a change of t adds or
+        removes hold more (or fewer) free columns than the average raked row, and the secant
+        learns by how much. Before any solve (t None): R(t') = k̄ (N − S_keep)."""
+        ev = self.evaluations.get(t) if t is not None else None
+        kbar = self.mean_matches(ev)
+        if ev is None:
+            return self._invert(kbar * (n_target - self.kept_size))
+        # only part of a change of R is realised where targets cannot be met (M < R): scale by M/R
+        r_t = self.target_sum(t)
+        realised = float(np.clip(ev.raked_matches / r_t, 0.25, 1.0)) if r_t > 0 else 1.0
+        slope = realised / kbar
+        recent = list(self.evaluations)[-2:]
+        if len(recent) == 2 and recent[-1] == t:
+            (t1, e1), (t2, e2) = ((x, self.evaluations[x]) for x in recent)
+            d_r = self.target_sum(t2) - self.target_sum(t1)
+            if d_r != 0.0:
+                slope = float(np.clip((e2.size - e1.size) / d_r, 0.25 / kbar, 2.0 / kbar))
+        return self._invert(r_t + (n_target - ev.size) / slope)
+
+    def _invert(self, want: float) -> float:
+        """The smallest t in [t_min, t_max] with R(t) ≥ want (bisection on log t)."""
+        lo, hi = np.log(self.t_min), np.log(self.t_max)
+        if self.target_sum(self.t_min) >= want:
+            return self.t_min
+        if self.target_sum(self.t_max) <= want:
+            return self.t_max
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if self.target_sum(float(np.exp(mid))) >= want:
+                hi = mid
             else:
-                hi = (t, s)
-            if lo is not None and hi is not None:
+                lo = mid
+            if hi - lo < 1e-12:
                 break
-            aim = n_target * (1.02 if s < n_target else 0.98)
-            step = np.log(aim / max(s, 1e-300)) / float(np.clip(slope, 0.05, 5.0))
-            step = float(np.sign(step) * np.clip(abs(step), np.log(1.1), np.log(16.0)))
-            t_new = min(cmax, t * float(np.exp(step)))
-            s_new = f(t_new)
-            if s_new > 0 and s > 0 and t_new != t:
-                slope = np.log(s_new / s) / np.log(t_new / t)
-            t, s = t_new, s_new
-        if lo is not None and hi is not None and len(seen) < max_evals:
-            exact = {float(np.log(lo[0])): lo[0], float(np.log(hi[0])): hi[0]}  # cached ends
+        return float(np.exp(hi))
 
-            def g(x: float) -> float:
-                t = exact.get(x, float(np.exp(x)))
-                return float(np.log(max(f(t), 1e-300) / n_target))
-
-            brentq(
-                g,
-                np.log(lo[0]),
-                np.log(hi[0]),
-                xtol=1e-12,
-                rtol=1e-12,
-                maxiter=max(1, max_evals - len(seen)),
-                full_output=True,
-                disp=False,
-            )
-    except _CapFound as found:
-        return found.t
-    return min(seen, key=lambda tt: abs(seen[tt] - n_target))
+    def run(
+        self,
+        evaluate: Callable[[float], SizeEvaluation],
+        n_target: float,
+        *,
+        t0: float | None = None,
+        rtol: float,
+        max_evals: int,
+    ) -> float:
+        """Search from ``t0`` (default: the model's guess before any solve); returns the first t
+        within ``rtol``, t_max if even t_max is too small, or the closest t seen when the budget
+        of ``max_evals`` solves runs out."""
+        t = (
+            self.model_step(n_target, None)
+            if t0 is None
+            else float(np.clip(t0, self.t_min, self.t_max))
+        )
+        lo, hi = self.t_min, self.t_max  # Σπ(lo) < N ≤ Σπ(hi) as far as is known
+        for _ in range(max_evals):
+            ev = self.evaluations[t] = evaluate(t)
+            if abs(ev.size - n_target) <= rtol * n_target:
+                return t
+            if ev.size < n_target:
+                if t >= self.t_max:
+                    return self.t_max
+                lo = max(lo, t)
+            else:
+                hi = min(hi, t)
+            if hi / lo < 1 + 1e-4:
+                break  # the bracket is closed: more solves would only chase Σπ's own noise
+            t_new = self.model_step(n_target, t)
+            if not lo < t_new < hi or t_new in self.evaluations:
+                t_new = float(np.sqrt(lo * hi))  # the model left the bracket: bisect
+            if t_new in self.evaluations:
+                break
+            t = t_new
+        return min(self.evaluations, key=lambda tt: abs(self.evaluations[tt].size - n_target))

@@ -28,6 +28,7 @@ from .operators import TableOperator
 from .pair_balance import balance_on
 from .params import METHODS, BalanceResult
 from .rake import rake_on
+from .reference import metaclip_reference
 from .signatures import SignatureTable
 
 #: Largest number of (signature, entry) incidences solved on the driver by default. The driver
@@ -53,14 +54,21 @@ def choose_execution(
 
 
 def run_method_on(
-    operator: TableOperator, method: str, *, stats: bool | None = None, **kwargs: Any
+    operator: TableOperator,
+    method: str,
+    *,
+    stats: bool | None = None,
+    reference: bool = False,
+    **kwargs: Any,
 ) -> BalanceResult:
     """Run ``method`` (``metaclip``, ``balance`` or ``rake``; keyword arguments as for the
     driver-side functions) on any table operator.
 
     ``stats`` (default: when the result has no per-signature arrays, i.e. on Spark): also set
     ``result.stats`` (for :func:`~.diagnostics.diagnostics` with ``table=None``; two more
-    passes) and ``info["execution"]`` (path, partitions, passes, seconds per pass)."""
+    passes) and ``info["execution"]`` (path, partitions, passes, seconds per pass).
+    ``reference``: also score the result against MetaCLIP's rule at the same expected size
+    (``info["vs_metaclip"]``, :func:`~.reference.metaclip_reference`)."""
     fns = {"metaclip": metaclip_on, "balance": balance_on, "rake": rake_on}
     if method not in fns:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -69,6 +77,8 @@ def run_method_on(
         result.stats = operator.aggregate_stats(result.params)
         if hasattr(operator, "execution_info"):
             result.info["execution"] = operator.execution_info()
+    if reference:
+        result.info["vs_metaclip"] = metaclip_reference(operator, result)
     return result
 
 

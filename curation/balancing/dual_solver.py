@@ -76,6 +76,8 @@ DEFAULT_DUAL_BOUND = 10.0
 KEEP_LOG = 1e4
 _ARMIJO = 1e-4
 _MAX_BACKTRACK = 12
+#: Iterations over which Σπ must stay within ``size_settle`` (see :func:`solve_box_dual`).
+_SETTLE_WINDOW = 4
 
 
 @dataclass
@@ -109,7 +111,7 @@ class QuasiNewtonMemory:
 
     free: np.ndarray
     scale: np.ndarray
-    size: int = 10
+    size: int = 20
     pairs: deque = field(default_factory=deque)
 
     def fits(self, free: np.ndarray, scale: np.ndarray) -> bool:
@@ -157,6 +159,7 @@ def solve_box_dual(
     memory: QuasiNewtonMemory | None = None,
     column_counts: np.ndarray | None = None,
     callback: Callable[[int, float, float], None] | None = None,
+    size_settle: float | None = None,
 ) -> RakeSolution:
     """Minimise the box dual F(λ) (module docstring) over the ``free`` columns.
 
@@ -175,6 +178,9 @@ def solve_box_dual(
         column_counts: Σ_r m_r A_rj per column (the counts c_j), for the certificate when some
             columns are fixed at :data:`KEEP_LOG`.
         callback: ``callback(pass, kkt_err, l1)`` after each accepted iteration.
+        size_settle: also stop (status ``size_settled``) once Σπ has moved by less than this
+            relative amount over the last :data:`_SETTLE_WINDOW` iterations (the cap search's
+            rough solves need Σπ, which settles long before the KKT error does).
     """
     t0 = time.perf_counter()
     tau = np.asarray(tau, dtype=np.float64)
@@ -233,10 +239,16 @@ def solve_box_dual(
     status = "max_passes"
     mark, last_progress = e, passes
     it = 0
+    sizes: deque[float] = deque(maxlen=_SETTLE_WINDOW + 1)
     while True:
         if e <= tol:
             status = "converged"
             break
+        if size_settle is not None:
+            sizes.append(cur.size())
+            if len(sizes) == sizes.maxlen and max(sizes) - min(sizes) <= size_settle * sizes[-1]:
+                status = "size_settled"
+                break
         if passes >= max_passes:
             break
         if passes - last_progress >= patience:
@@ -299,7 +311,7 @@ def solve_box_dual(
             best = (e, lam.copy(), cur)
         if e < mark * (1 - 1e-3):
             mark, last_progress = e, passes
-    if status != "converged" and best[0] < e:
+    if status not in ("converged", "size_settled") and best[0] < e:
         e, lam, cur = best[0], best[1], best[2]
         n = cur.n()
     e, emax, l1, rel = measure(n, lam[fidx])

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .cap_search import search_cap, size_shift
+from .cap_search import CapSearch, SizeEvaluation, size_shift
 from .dual_solver import (
     DEFAULT_DUAL_BOUND,
     KEEP_LOG,
@@ -70,8 +70,15 @@ Objective = Literal["tail", "l1"]
 OBJECTIVES: tuple[str, ...] = ("tail", "l1")
 #: Default pass budget of one solve.
 DEFAULT_MAX_PASSES = 100
-#: KKT tolerance of the cap search's solves while Σπ is more than 5 % from N.
+#: The cap search's rough solves: KKT tolerance, pass budget, and the early stop once Σπ has
+#: settled (moved < 0.5 % over 4 iterations). Σπ is an aggregate and settles long before the
+#: per-column KKT error does; a solve stopped by a pass count alone, before Σπ settled, gave
+#: sizes off by 10-90 % on multi-label tables and misled the search.
 SEARCH_TOL = 5e-2
+SEARCH_PASSES = 50
+SEARCH_SETTLE = 5e-3
+#: The cap search stops within this relative distance of N; the final shift ν meets N exactly.
+SEARCH_RTOL = 5e-3
 
 
 def rake(table: SignatureTable, **kwargs: Any) -> BalanceResult:
@@ -102,6 +109,7 @@ class _Solver:
         self.log: list[dict[str, Any]] = []
         self.passes = 0
         self._base: np.ndarray | None = None
+        self.kept_size = 0.0
 
     def solve(self, key: float, tau: np.ndarray, **overrides: Any) -> RakeSolution:
         if self.solved:
@@ -150,7 +158,9 @@ class _Solver:
                 self._base = np.zeros(self.prob.n_columns)
             else:
                 lam = np.where(self.free, ZERO_LOG, self.lam_fixed)
-                self._base = self.prob.point(lam).n()
+                point = self.prob.point(lam)
+                self._base = point.n()
+                self.kept_size = point.size()
                 self.passes += 1
         return self._base
 
@@ -164,6 +174,49 @@ class _Solver:
         have = np.maximum(self.counts[f] - b[f], 1e-300)
         lam[f] = np.log(np.minimum(need / have, 1.0))
         return lam
+
+
+def _search_head_cap(
+    solver: _Solver,
+    targets_at: Any,
+    target_size: float,
+    n_eligible: float,
+    tol: float,
+    max_passes: int,
+    max_evals: int,
+) -> float:
+    """The cap t with Σπ(t) ≈ N (:class:`~.cap_search.CapSearch`), by rough warm-started solves."""
+    free = solver.free
+    base = solver.base()
+    counts_free = solver.counts[free]
+    base_free = base[free]
+    t_max = float(solver.counts.max())
+
+    def target_sum(tt: float) -> float:
+        return float(np.maximum(targets_at(tt)[free] - base_free, 0.0).sum())
+
+    def evaluate(tt: float) -> SizeEvaluation:
+        # far from N a rough solve places t well enough; closer, the solve must be accurate
+        # enough that Σπ's own error (about the KKT error) stays below its distance to N
+        gap = abs(solver.log[-1]["expected_size"] / target_size - 1) if solver.log else 1.0
+        rough_tol = max(tol, min(SEARCH_TOL, gap / 2))
+        sol = solver.solve(
+            tt,
+            targets_at(tt),
+            tol=rough_tol,
+            max_passes=min(max_passes, SEARCH_PASSES),
+            size_settle=SEARCH_SETTLE,
+        )
+        return SizeEvaluation(sol.size, float((sol.n[free] - base_free).sum()))
+
+    search = CapSearch(
+        target_sum,
+        kept_size=solver.kept_size,
+        raked_rows=n_eligible - solver.kept_size,
+        t_min=float(counts_free.min()) / 100,
+        t_max=t_max,
+    )
+    return search.run(evaluate, target_size, rtol=SEARCH_RTOL, max_evals=max_evals)
 
 
 def rake_on(
@@ -280,29 +333,9 @@ def rake_on(
         if not free.any():  # every matched sample is kept already: nothing to rake
             t_used = float(counts.max())
         else:
-            cmax = float(counts.max())
-
-            def size_at(tt: float) -> float:
-                tt = min(tt, cmax)
-                if tt not in solver.solved:
-                    # far from N a rough solve places t well enough; near N, the full tolerance
-                    rough = (
-                        not solver.log
-                        or abs(np.log(solver.log[-1]["expected_size"] / target_size)) > 0.02
-                    )
-                    solver.solve(tt, targets_at(tt), tol=max(tol, SEARCH_TOL) if rough else tol)
-                return solver.solved[tt].size
-
-            t_used = search_cap(
-                size_at,
-                float(target_size),
-                t_mc,
-                cmax,
-                0.5,
-                rtol=size_rtol / 4,
-                max_evals=max_size_evals,
+            t_used = _search_head_cap(
+                solver, targets_at, float(target_size), n_elig, tol, max_iter, max_size_evals
             )
-            t_used = min(t_used, cmax)
         tau_e = targets_at(t_used)
         sol_e = solver.solved.get(t_used)
         if sol_e is None or sol_e.kkt_err > tol:

@@ -406,6 +406,15 @@ class BalanceRunResult:
             f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
             f"max/mean {_fmt(w.get('max_over_mean'))}"
         )
+        ref = (s.get("info") or {}).get("vs_metaclip")
+        if ref and s["method"] != "metaclip":
+            this, mc = ref["this"], ref["metaclip"]
+            lines.append(
+                f"  vs MetaCLIP's rule at the same size (cap {_fmt(ref['t_mc'])}): tail share "
+                f"{_fmt(this['tail_share'])} vs {_fmt(mc['tail_share'])}, entropy "
+                f"{_fmt(this['entropy_nats'])} vs {_fmt(mc['entropy_nats'])}, top-100 share "
+                f"{_fmt(this['top100_share'])} vs {_fmt(mc['top100_share'])}"
+            )
         if s.get("unmet_targets"):
             lines.append(f"  unmet targets   {describe_unmet(s['unmet_targets'])}")
         lines.append(f"  output          {self.output}")
@@ -515,10 +524,10 @@ def run_balance(
         # one bar over every solver iteration (all inner solves of a target-size search)
         with progress.bar(f"balance: {config.method} on the {execution}", unit="iter"):
             if table is not None:
-                result: BalanceResult = run_method(table, config.method, **options)
+                result: BalanceResult = run_method(table, config.method, reference=True, **options)
             else:
                 result = run_method_spark(
-                    spark, frame, len(entries), config.method, margins, **options
+                    spark, frame, len(entries), config.method, margins, reference=True, **options
                 )
     except TargetSizeError as exc:
         if config.with_replacement and not config.cap:
