@@ -14,8 +14,9 @@ and rake with ``objective="l1"``.
 Every method is scored against MetaCLIP's cap t_mc at N (:func:`entry_quality`): the share kept of
 tail entries (c_j ≤ t_mc) and head entries, the head overshoot over t_mc, entropy and top-100 share
 of the expected entry distribution, TV distance to the best capped target, Kish ESS, max/mean weight,
-solver passes and status. Results: ``bench/out/compare/results.json`` and a Markdown table on
-stdout. Run it on your own pool by pointing the pool and metadata paths at it.
+solver passes, status and KKT error. Results: ``bench/out/compare/results.json``, a Markdown table
+on stdout and, per list and size, a plot of entropy against tail share
+(``tail-entropy-<list>-<fraction>.png``, the report's plot). Run it on your own pool by pointing the pool and metadata paths at it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from conftest import load_real_captions  # noqa: E402
 
 from curation.balancing import SignatureTable, diagnostics, run_method  # noqa: E402
 from curation.balancing.diagnostics import entry_quality  # noqa: E402
+from curation.report import plot_tail_entropy  # noqa: E402
 from curation.spark import SparkConfig, get_spark  # noqa: E402
 from curation.stages.count import CountConfig, run_count  # noqa: E402
 from curation.stages.match import MatchConfig, run_match  # noqa: E402
@@ -121,8 +123,8 @@ def main() -> None:
         "lists": {},
     }
     lines = [
-        "| list | N | method | cap t | tail share kept | head share kept | head overshoot | entropy (nats) | top-100 share | TV to capped target | Kish ESS | max/mean w | passes | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| list | N | method | cap t | tail share kept | head share kept | head overshoot | entropy (nats) | top-100 share | TV to capped target | Kish ESS | max/mean w | passes | status | KKT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for list_name, (meta_path, counts_dir) in tables.items():
         entries = json.loads(Path(meta_path).read_text())
@@ -150,8 +152,14 @@ def main() -> None:
                     f"| {list_name} | {fraction:.0%} | {method} | {r['t']:.4g} | {r['tail_share']:.4f} | "
                     f"{r['head_share']:.3f} | {r['head_overshoot']:.3f} | {r['entropy_nats']:.3f} | "
                     f"{r['top100_share']:.3f} | {r['tv_to_capped']:.3f} | {r['kish_ess']:,.0f} | "
-                    f"{r['max_over_mean']:.2f} | {r['passes']} | {r['status']} |"
+                    f"{r['max_over_mean']:.2f} | {r['passes']} | {r['status']} | "
+                    + (f"{r['kkt_err']:.1e} |" if r.get("kkt_err") is not None else "— |")
                 )
+            plot = plot_tail_entropy(
+                [(method, r, method == "metaclip") for method, r in rows_out.items()]
+            )
+            if plot is not None:
+                (work / f"tail-entropy-{list_name}-{fraction:g}.png").write_bytes(plot.png)
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     print(
         f"{summary['captions']:,} captions; lists: "
@@ -185,6 +193,7 @@ def compare_at(table: SignatureTable, n_target: float) -> dict:
             "max_over_mean": weights["max_over_mean"],
             "passes": result.info.get("passes", 0),
             "status": result.info.get("status", "closed form"),
+            "kkt_err": result.info.get("kkt_err"),
         }
     return out
 
