@@ -72,9 +72,14 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     part kept (WebDataset's grouping); the extension is lower-cased. Names with ``..``
     components, absolute names, empty keys and extensions that are not plain words are
     rejected: an input tar is data, and its member names are never used as output paths.
+
+    A leading ``./`` (``tar -C dir .`` writes ``./000.jpg``) is dropped, so such a tar has the
+    keys of the same tar written without it.
     """
     if not name or "\x00" in name or "\\" in name:
         return None
+    while name.startswith("./"):
+        name = name[2:]
     parts = name.split("/")
     if name.startswith("/") or any(p in ("..", ".") for p in parts) or parts[-1] == "":
         return None
