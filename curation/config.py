@@ -40,6 +40,55 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
+# A YAML document may reuse a node through aliases (``*name``); each use copies it when the data
+# is expanded (JSON round trip, overrides), so nine nested levels of nine aliases expand to 9**9
+# values: a "billion laughs" that would take minutes and all memory. Real configs expand to a few
+# hundred values.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` stands for once every alias is copied out (memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError(f"{path}: a YAML alias refers to a node that contains it (a cycle)")
+    open_.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    size = 1
+    for child in children:
+        size += _expanded_size(child, path, sizes, open_)
+        if size > MAX_YAML_VALUES:
+            break
+    open_.discard(key)
+    sizes[key] = size
+    return size
+
+
+def safe_load_yaml(text: str, path: str) -> Any:
+    """``yaml.safe_load``, refusing documents whose aliases expand to more than
+    :data:`MAX_YAML_VALUES` values (or refer to themselves) before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, path, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{path}: the YAML aliases (*name) expand it to more than {MAX_YAML_VALUES:,} "
+                "values (an alias bomb?); write the values out, or use fewer nested aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a mapping."""
     text = read_bytes(path).decode("utf-8")
@@ -49,7 +98,9 @@ def load_config_file(path: str) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = safe_load_yaml(text, path) or {}
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - both parsers raise their own error types
         raise ConfigError(f"{path}: cannot parse config: {exc}") from exc
     if not isinstance(data, dict):
@@ -71,7 +122,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {key!r} is not a section")
         try:
-            node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            node[keys[-1]] = safe_load_yaml(raw, f"--set {item!r}") if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: cannot parse value: {exc}") from exc
     return data
