@@ -12,6 +12,13 @@ is reported as the "line" together with the index). Duplicate entries are an err
 ``drop_duplicates=True`` the later copies are dropped (the first keeps its id) with a warning that
 names them. Dropping a duplicate shifts the ids of later entries, so the matched output always carries
 the list that was actually used (``metadata.json`` in the match stage's output).
+
+Padded entries: an entry with leading or trailing white space or invisible format characters
+(``' cat'``, ``'dog '``, NBSP, ZWSP, BOM) matches only captions holding the same characters
+(``'dog '`` needs two spaces after ``dog`` in the spaced caption). Such entries are kept as written,
+since an entry's text is its identity, and are counted and named in a warning; ``strip=True``
+(``--strip-entries``) strips them (ids stay the same unless a stripped entry then repeats another,
+which is a duplicate like any other). An entry that is nothing but such characters is empty.
 """
 
 from __future__ import annotations
@@ -36,6 +43,21 @@ class MetadataError(ValueError):
     """A metadata list that cannot be used as it is; the message names the file and the line."""
 
 
+def is_edge_char(ch: str) -> bool:
+    """White space, or an invisible format character (category Cf: ZWSP, ZWJ, BOM, soft hyphen)."""
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
+def strip_edges(entry: str) -> str:
+    """``entry`` without leading and trailing :func:`is_edge_char` characters."""
+    start, end = 0, len(entry)
+    while start < end and is_edge_char(entry[start]):
+        start += 1
+    while end > start and is_edge_char(entry[end - 1]):
+        end -= 1
+    return entry[start:end]
+
+
 @dataclass(frozen=True)
 class MetadataList:
     """A checked metadata list plus what the checks found.
@@ -43,24 +65,33 @@ class MetadataList:
     ``entries[j]`` is entry j. ``dropped_duplicates`` lists ``(line, entry)`` pairs that were dropped;
     ``unmatchable`` lists ``(entry_id, entry)`` pairs that can never match under MetaCLIP's spacing
     (they contain ``, . ; : ? ! `` `` or a tab/newline), kept so that ids stay MetaCLIP-compatible.
+    ``padded`` lists ``(line, entry as written)`` of entries with leading or trailing white space or
+    invisible characters; ``stripped`` says whether they were stripped.
     """
 
     entries: list[str]
     source: str
     dropped_duplicates: list[tuple[int, str]] = field(default_factory=list)
     unmatchable: list[tuple[int, str]] = field(default_factory=list)
+    padded: list[tuple[int, str]] = field(default_factory=list)
+    stripped: bool = False
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "source": self.source,
             "entries": len(self.entries),
             "dropped_duplicates": [{"line": ln, "entry": e} for ln, e in self.dropped_duplicates],
             "unmatchable_entries": len(self.unmatchable),
             "unmatchable_examples": [e for _, e in self.unmatchable[:20]],
         }
+        if self.padded:  # only then, so a clean list's summary is as it always was
+            summary["padded_entries"] = len(self.padded)
+            summary["padded_examples"] = [{"line": ln, "entry": e} for ln, e in self.padded[:20]]
+            summary["padded_entries_stripped"] = self.stripped
+        return summary
 
 
 def is_all_punctuation(text: str) -> bool:
@@ -72,7 +103,11 @@ def is_all_punctuation(text: str) -> bool:
 
 
 def check_entries(
-    entries: Sequence[object], source: str = "<list>", *, drop_duplicates: bool = False
+    entries: Sequence[object],
+    source: str = "<list>",
+    *,
+    drop_duplicates: bool = False,
+    strip: bool = False,
 ) -> MetadataList:
     """Check a list of entries and return it as a :class:`MetadataList`.
 
@@ -82,6 +117,7 @@ def check_entries(
     first_line: dict[str, int] = {}
     dropped: list[tuple[int, str]] = []
     duplicates: list[str] = []
+    padded: list[tuple[int, str]] = []
     for index, entry in enumerate(entries):
         line = index + 1
         if not isinstance(entry, str):
@@ -89,11 +125,15 @@ def check_entries(
                 f"{source}: line {line}: entry {entry!r} is a {type(entry).__name__}, "
                 "not a string; a metadata list holds strings only"
             )
-        if entry.strip() == "":
+        stripped = strip_edges(entry)
+        if stripped == "":
             raise MetadataError(
                 f"{source}: line {line}: empty entry {entry!r}; remove the line "
                 "(an empty entry would match every caption)"
             )
+        if stripped != entry:
+            padded.append((line, entry))
+            entry = stripped if strip else entry
         if is_all_punctuation(entry):
             raise MetadataError(
                 f"{source}: line {line}: entry {entry!r} is all punctuation; remove it "
@@ -114,6 +154,8 @@ def check_entries(
             f"{source}: {len(duplicates)} duplicate entries: {shown}{more}. "
             "Remove them, or pass --drop-duplicate-entries to keep the first copy of each"
         )
+    if padded:
+        _warn_padded(source, padded, strip)
     if dropped:
         log.warning(
             "%s: dropped %d duplicate entries (first copy kept): %s",
@@ -134,7 +176,27 @@ def check_entries(
             len(unmatchable),
             ", ".join(repr(e) for _, e in unmatchable[:5]),
         )
-    return MetadataList(out, source, dropped, unmatchable)
+    return MetadataList(out, source, dropped, unmatchable, padded, strip and bool(padded))
+
+
+def _warn_padded(source: str, padded: list[tuple[int, str]], stripped: bool) -> None:
+    shown = ", ".join(f"line {ln} {e!r}" for ln, e in padded[:5])
+    more = f" and {len(padded) - 5} more" if len(padded) > 5 else ""
+    if stripped:
+        what = "stripped (--strip-entries)"
+    else:
+        what = (
+            "kept as written: each matches only captions with the same characters (e.g. 'dog ' "
+            "needs two spaces after dog); fix the list, or pass --strip-entries to strip them"
+        )
+    log.warning(
+        "%s: %d entries have leading or trailing white space or invisible characters (%s%s); %s",
+        source,
+        len(padded),
+        shown,
+        more,
+        what,
+    )
 
 
 def parse_metadata(data: bytes, source: str) -> list[object]:
@@ -161,7 +223,7 @@ def parse_metadata(data: bytes, source: str) -> list[object]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def load_metadata(path: str, *, drop_duplicates: bool = False) -> MetadataList:
+def load_metadata(path: str, *, drop_duplicates: bool = False, strip: bool = False) -> MetadataList:
     """Load and check a metadata list from a local path or any fsspec URL."""
     try:
         data = read_bytes(path)
@@ -170,7 +232,7 @@ def load_metadata(path: str, *, drop_duplicates: bool = False) -> MetadataList:
     entries = parse_metadata(data, path)
     if not entries:
         raise MetadataError(f"{path}: the metadata list is empty")
-    return check_entries(entries, path, drop_duplicates=drop_duplicates)
+    return check_entries(entries, path, drop_duplicates=drop_duplicates, strip=strip)
 
 
 def is_metadata_directory(path: str) -> bool:
@@ -179,7 +241,9 @@ def is_metadata_directory(path: str) -> bool:
     return fs.isdir(p)
 
 
-def load_language_lists(path: str, *, drop_duplicates: bool = False) -> dict[str, MetadataList]:
+def load_language_lists(
+    path: str, *, drop_duplicates: bool = False, strip: bool = False
+) -> dict[str, MetadataList]:
     """Load a directory of per-language lists ``{lang}.json`` (or ``{lang}.txt``), sorted by language.
 
     ``summary.json`` and names starting with ``_`` or ``.`` are not lists. Each list is checked like
@@ -192,7 +256,7 @@ def load_language_lists(path: str, *, drop_duplicates: bool = False) -> dict[str
         stem, _, ext = base.rpartition(".")
         if ext not in ("json", "txt") or not stem or base == "summary.json" or base[0] in "_.":
             continue
-        lists[stem] = load_metadata(join(path, base), drop_duplicates=drop_duplicates)
+        lists[stem] = load_metadata(join(path, base), drop_duplicates=drop_duplicates, strip=strip)
     if not lists:
         raise MetadataError(
             f"{path}: a metadata directory must hold per-language lists named {{lang}}.json; none found"
