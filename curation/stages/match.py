@@ -12,8 +12,11 @@ Output directory (committed atomically, see :mod:`curation.storage`)::
     summary.json    counts: input rows, matched, unmatched, rejects by reason, matches per sample
 
 A row is rejected, never silently dropped, when its caption is null (``null_caption``), not valid
-UTF-8 or holding U+FFFD, the mark of bytes already lost upstream (``non_utf8``), empty or white space
-only (``empty_caption``), or longer than ``max_caption_chars`` characters (``caption_too_long``).
+UTF-8 or holding U+FFFD, the mark of bytes already lost upstream (``non_utf8``; in JSONL also a lone
+surrogate escape such as ``"\\ud800"``), not a string in JSONL (a number, list, object or boolean:
+``caption_not_string``, JSONL pools only), empty or made only of white space and invisible format
+characters such as U+200B, U+2060 or the BOM U+FEFF (``empty_caption``), or longer than
+``max_caption_chars`` characters (``caption_too_long``).
 
 Duplicate uids: one row per uid is kept; every other copy is rejected as ``duplicate_uid`` (so
 later stages, the DataComp subset file and the shard keys see each uid once). The copy kept is the
@@ -56,13 +59,18 @@ from curation import storage
 from curation.cli import Command
 from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher
 from curation.metadata import is_metadata_directory, load_language_lists, load_metadata
-from curation.pool import read_pool
+from curation.pool import POOL_FORMATS, READER_REASON, PoolFormat, ReaderOptions, read_pool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METADATA = str(Path(__file__).resolve().parents[2] / "metadata" / "default.json")
 
 REJECT_REASONS = ("null_caption", "non_utf8", "empty_caption", "caption_too_long", "duplicate_uid")
+# Reasons only a JSONL reader gives; listed in the summary of JSONL pools only.
+JSONL_REJECT_REASONS = ("caption_not_string",)
+# A caption of nothing but white space and invisible format characters (category Cf: zero-width
+# space, joiners, word joiner, BOM, soft hyphen, direction marks) shows nothing: empty_caption.
+EMPTY_CAPTION = r"(?U)^[\s\p{Cf}]*$"
 
 
 @dataclass
@@ -119,6 +127,42 @@ class MatchConfig:
         metadata={
             "min": 0,
             "help": "repartition the pool into this many tasks before matching (0: keep the input splits)",
+        },
+    )
+    format: PoolFormat = field(
+        default="auto",
+        metadata={
+            "help": f"pool format: {', '.join(POOL_FORMATS)}; auto detects it from the file names. "
+            "cc3m-tsv: headerless caption<TAB>url (Conceptual Captions 3M); cc12m-tsv: headerless "
+            "url<TAB>caption (CC12M)"
+        },
+    )
+    header: bool = field(
+        default=True,
+        metadata={
+            "help": "CSV/TSV: the first line names the columns; with --no-header name them with "
+            "--columns"
+        },
+    )
+    columns: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "CSV/TSV with --no-header: the column names in order, e.g. caption,url,uid "
+            "(roles are then found by name as usual)"
+        },
+    )
+    csv_multiline: bool = field(
+        default=True,
+        metadata={
+            "help": "CSV/TSV: quoted fields may span lines (each file is then read by one task; "
+            "--no-csv-multiline lets Spark split one large file whose fields never hold a newline)"
+        },
+    )
+    strip_entries: bool = field(
+        default=False,
+        metadata={
+            "help": "strip leading/trailing white space and invisible characters from metadata "
+            "entries (without it such entries are kept as written, with a warning)"
         },
     )
 
@@ -179,15 +223,18 @@ def _match_partition(batches, matcher_file: str, caption_index: int, lang_index:
         yield batch.append_column("entry_ids", entry_ids)
 
 
-def reject_reason(caption: Column, max_chars: int) -> Column:
-    """The reason a caption cannot be matched, or null. Evaluated by Spark, in order."""
+def reject_reason(caption: Column, max_chars: int, reader_reason: Column | None = None) -> Column:
+    """The reason a caption cannot be matched, or null. Evaluated by Spark, in order;
+    ``reader_reason`` is the reader's own verdict on the row (JSONL, :data:`READER_REASON`)."""
     raw = caption.cast("binary")
     text = caption.cast("string")
+    reason = F.when(caption.isNull(), F.lit("null_caption"))
+    if reader_reason is not None:
+        reason = reason.when(reader_reason.isNotNull(), reader_reason)
     return (
-        F.when(caption.isNull(), F.lit("null_caption"))
-        .when(~F.call_function("is_valid_utf8", raw), F.lit("non_utf8"))
+        reason.when(~F.call_function("is_valid_utf8", raw), F.lit("non_utf8"))
         .when(F.instr(text, "\ufffd") > 0, F.lit("non_utf8"))
-        .when(F.regexp_like(text, F.lit(r"(?U)^\s*$")), F.lit("empty_caption"))
+        .when(F.regexp_like(text, F.lit(EMPTY_CAPTION)), F.lit("empty_caption"))
         .when(F.char_length(text) > max_chars, F.lit("caption_too_long"))
     )
 
@@ -276,13 +323,14 @@ def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
     uid = derived_uid(F.col("url"), F.col("caption"))
     if has_uid:
         uid = F.coalesce(F.col("uid").cast("string"), uid)
+    from_reader = F.col(READER_REASON) if READER_REASON in df.columns else None
     return df.withColumns(
         {
             "uid": uid,
-            "reason": reject_reason(F.col("caption"), max_chars),
+            "reason": reject_reason(F.col("caption"), max_chars, from_reader),
             "source_file": F.input_file_name(),
         }
-    )
+    ).drop(READER_REASON)
 
 
 def match_pool(df: DataFrame, matcher_file: str, lang_col: str = "") -> DataFrame:
@@ -316,7 +364,11 @@ class LoadedMetadata:
 def load_matcher(config: MatchConfig) -> LoadedMetadata:
     """One list, or a directory of per-language lists sharing one id space (MetaCLIP 2)."""
     if not is_metadata_directory(config.metadata):
-        metadata = load_metadata(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+        metadata = load_metadata(
+            config.metadata,
+            drop_duplicates=config.drop_duplicate_entries,
+            strip=config.strip_entries,
+        )
         if config.casefold:
             KeyTable.build(metadata.entries, casefold=True)  # reports merges, even when cached
         return LoadedMetadata(
@@ -329,7 +381,9 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
             f"{config.metadata} is a directory of per-language lists: name the pool's language "
             "column with --lang-col"
         )
-    lists = load_language_lists(config.metadata, drop_duplicates=config.drop_duplicate_entries)
+    lists = load_language_lists(
+        config.metadata, drop_duplicates=config.drop_duplicate_entries, strip=config.strip_entries
+    )
     languages, offset = [], 0
     for lang, m in lists.items():  # sorted by language, as LanguageMatcher assigns offsets
         languages.append({"lang": lang, "offset": offset, "entries": len(m), "source": m.source})
@@ -344,6 +398,10 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
         "languages": languages,
         "unmatchable_entries": sum(len(m.unmatchable) for m in lists.values()),
     }
+    padded = sum(len(m.padded) for m in lists.values())
+    if padded:
+        summary["padded_entries"] = padded
+        summary["padded_entries_stripped"] = config.strip_entries
     return LoadedMetadata(entries, build, summary, languages)
 
 
@@ -353,6 +411,7 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
         raise ValueError("match needs --input and --output")
     if config.max_caption_chars <= 0:
         raise ValueError("match: max_caption_chars must be positive")
+    reader = ReaderOptions.of(config.format, config.header, config.columns, config.csv_multiline)
     loaded = load_matcher(config)
     manifest = storage.make_manifest(
         "match",
@@ -367,7 +426,7 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
 
     started = time.perf_counter()
     df, roles, fmt = read_pool(
-        spark, config.input, config.caption_col, config.url_col, config.uid_col
+        spark, config.input, config.caption_col, config.url_col, config.uid_col, reader
     )
     if config.lang_col and config.lang_col not in df.columns:
         raise storage.StageInputError(
@@ -438,6 +497,7 @@ def summarize(
     }
     usable = sum(per_k.values())
     rejected = sum(by_reason.values())
+    reasons = REJECT_REASONS + (JSONL_REJECT_REASONS if fmt == "jsonl" else ())
     matched = usable - per_k.get(0, 0)
     return {
         "stage": "match",
@@ -452,7 +512,7 @@ def summarize(
         "unmatched": per_k.get(0, 0),
         "matched_share": matched / usable if usable else 0.0,
         "rejected": rejected,
-        "rejects_by_reason": {reason: by_reason.get(reason, 0) for reason in REJECT_REASONS},
+        "rejects_by_reason": {reason: by_reason.get(reason, 0) for reason in reasons},
         "matches_per_sample": {str(k): per_k[k] for k in sorted(per_k)},
         "total_matches": sum(k * n for k, n in per_k.items()),
     }
