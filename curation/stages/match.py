@@ -411,7 +411,7 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
         raise ValueError("match needs --input and --output")
     if config.max_caption_chars <= 0:
         raise ValueError("match: max_caption_chars must be positive")
-    reader = ReaderOptions.of(config.format, config.header, config.columns, config.csv_multiline)
+    reader = reader_options(config)
     loaded = load_matcher(config)
     manifest = storage.make_manifest(
         "match",
@@ -518,6 +518,11 @@ def summarize(
     }
 
 
+def reader_options(config: MatchConfig) -> ReaderOptions:
+    """The pool reader's options, checked (an error names the option and the fix)."""
+    return ReaderOptions.of(config.format, config.header, config.columns, config.csv_multiline)
+
+
 def _run(config: MatchConfig, spark: SparkSession, force: bool) -> MatchResult:
     return run_match(spark, config, force)
 
@@ -528,4 +533,5 @@ COMMAND = Command(
     config_cls=MatchConfig,
     section="match",
     run=_run,
+    check=reader_options,  # before Spark starts
 )
