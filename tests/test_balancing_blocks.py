@@ -147,7 +147,8 @@ def test_rake_solver_reaches_the_same_optimum_on_both_sums(table):
         MemoryBlockOperator(table, 3).work(False).rake_problem(["lang"]), tau, **kw
     )
     assert plain.status == rep.status == "converged"
-    np.testing.assert_allclose(rep.n, plain.n, rtol=1e-6)
+    # both meet τ to 1e-7 in the solver's measure |n − τ| / max(τ, 1), so they agree to twice that
+    assert np.max(np.abs(rep.n - plain.n) / np.maximum(tau, 1.0)) <= 2e-7
     np.testing.assert_allclose(rep.size, plain.size, rtol=1e-7)
 
 

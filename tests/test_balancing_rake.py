@@ -43,7 +43,8 @@ def test_planted_feasible_is_recovered(seed):
     op = LocalRakeOperator.from_problem(prob)
     sol = solve_box_dual(op, tau, tol=1e-6, max_passes=600, dual_bound=50.0)
     assert sol.status == "converged", (sol.status, sol.kkt_err)
-    assert sol.max_rel_err < 1e-6 and sol.unmet.size == 0
+    # met to 1e-6 relative, in samples below one sample (the solver's KKT measure)
+    assert np.max(np.abs(sol.n - tau) / np.maximum(tau, 1.0)) < 1e-6 and sol.unmet.size == 0
     # π* has the dual form min(1, e^{Aλ*}), so it is the unique optimum: the solver recovers it
     np.testing.assert_allclose(sol.pi, pi_star, atol=1e-4)
     # the default tolerance is reached within the pass budget of one solve
@@ -52,7 +53,7 @@ def test_planted_feasible_is_recovered(seed):
     # the table-level entry point gives the same answer and scores it with score_batch
     res = rake(tab, entry_targets=tau, tol=1e-6, max_iter=600, dual_bound=50.0)
     n = tab.entry_sums(tab.multiplicity * res.pi)
-    assert np.max(np.abs(n / np.where(tau > 0, tau, 1) - 1)[tau > 0]) < 1e-6
+    assert np.max(np.abs(n - tau) / np.maximum(tau, 1.0)) < 1e-6
 
 
 def test_planted_uncapped():
