@@ -1,5 +1,8 @@
 """The ``curate`` command: one subcommand per stage.
 
+The subcommands are the stages of :mod:`curation.pipeline`, in pipeline order; each is the
+``STAGE`` class of its module (:mod:`curation.stages`), imported here and nowhere else.
+
 Every stage subcommand takes its options as flags (``curate match --help`` lists them with their
 defaults), from a config file (``--config run.yaml``, the stage's section) and from ``--set
 section.key=value`` overrides; explicit flags win. The same entry point serves ``spark-submit
@@ -13,8 +16,7 @@ import importlib
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from curation import __version__
@@ -26,50 +28,19 @@ from curation.config import (
     load_config_file,
 )
 from curation.metadata import MetadataError
+from curation.pipeline import ORDER, SECTIONS, stage_info
 from curation.spark import SparkConfig, get_spark, java_causes, quiet_pyspark_loggers
 from curation.storage import StageInputError
 
 log = logging.getLogger("curation")
 
 
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: its options dataclass, config-file section, and what runs it.
-
-    ``run(config, spark_or_none, force)`` returns a result whose ``summary`` is printed.
-    ``check(config)``, when given, refuses options that do not fit together; it runs before any
-    Spark session starts (each option's own type and range are checked when it is loaded).
-    """
-
-    name: str
-    help: str
-    config_cls: type
-    section: str
-    run: Callable[..., Any]
-    needs_spark: bool = True
-    check: Callable[[Any], None] | None = None
-
-
-# Subcommands live in their stage modules; each exposes ``COMMAND``. Imported lazily so that
-# ``curate --help`` stays fast.
-COMMAND_MODULES = {
-    "demo-pool": "curation.demo",
-    "metadata": "curation.stages.metadata",
-    "match": "curation.stages.match",
-    "count": "curation.stages.count",
-    "balance": "curation.stages.balance",
-    "select": "curation.stages.select",
-    "download": "curation.stages.download",
-    "reshard": "curation.stages.reshard",
-    "report": "curation.stages.report",
-}
-
 USER_ERRORS = (StageInputError, MetadataError, ConfigError, ValueError, FileNotFoundError)
 
 
-def load_command(name: str) -> Command:
-    """The :class:`Command` of subcommand ``name`` (imports its module)."""
-    return importlib.import_module(COMMAND_MODULES[name]).COMMAND
+def load_stage(name: str) -> Any:
+    """The :class:`~curation.stages.base.Stage` class of stage ``name`` (imports its module)."""
+    return importlib.import_module(stage_info(name).module).STAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"curation {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        command = load_command(name)
-        p = sub.add_parser(name, help=command.help, description=command.help)
+    for name in ORDER:
+        stage = load_stage(name)
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
         p.add_argument("--config", help="YAML or TOML config file; this stage reads its section")
         p.add_argument(
             "--set",
@@ -96,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--force", action="store_true", help="rerun even when the output is up to date"
         )
         p.add_argument("--debug", action="store_true", help="show full tracebacks and Spark logs")
-        add_dataclass_arguments(p, command.config_cls, group=f"{command.section} options")
-        if command.needs_spark:
+        add_dataclass_arguments(p, stage.options, group=f"{SECTIONS[name]} options")
+        if stage.needs_spark:
             p.add_argument(
                 "--master",
                 default=None,
@@ -175,19 +146,18 @@ def run_command(argv: Sequence[str]) -> Any:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run_pipeline(args)
-    command = load_command(args.command)
+    stage = load_stage(args.command)
     file_data: dict[str, Any] = {}
     source = "<command line>"
     if args.config:
         file_data = load_config_file(args.config)
         source = args.config
     file_data = apply_overrides(file_data, args.overrides)
-    config = build_config(command.config_cls, command.section, args, file_data, source)
-    spark_config = _spark_config(file_data, source, args) if command.needs_spark else None
-    if command.check is not None:
-        command.check(config)
+    config = build_config(stage.options, SECTIONS[args.command], args, file_data, source)
+    spark_config = _spark_config(file_data, source, args) if stage.needs_spark else None
+    stage.check(config)
     spark = get_spark(spark_config) if spark_config is not None else None
-    return command.run(config, spark, args.force)
+    return stage(config, spark).run(args.force)
 
 
 _PYTHON_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$")

@@ -14,20 +14,12 @@ Columns: ``uid`` (128-bit hex), ``url``, ``caption``, ``source`` (a categorical 
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.cli import Command
-from curation.metadata import load_metadata
-from curation.stages.match import DEFAULT_METADATA
-
-log = logging.getLogger(__name__)
 
 FILLERS = (
     "photo of",
@@ -58,35 +50,6 @@ FILLERS = (
 UNMATCHED_SHARE = 0.12
 SOURCES = ("web-a", "web-b", "web-c")
 SOURCE_SHARES = (0.6, 0.3, 0.1)
-
-
-@dataclass
-class DemoPoolConfig:
-    """Options of ``curate demo-pool`` (``[demo]`` in a config file)."""
-
-    output: str = field(
-        default="runs/demo/pool", metadata={"help": "output directory of Parquet files"}
-    )
-    rows: int = field(default=200_000, metadata={"min": 1, "help": "number of captions"})
-    files: int = field(default=8, metadata={"min": 1, "help": "number of Parquet files"})
-    seed: int = field(default=0, metadata={"min": 0, "below": 2**64, "help": "random seed"})
-    metadata: str = field(
-        default=DEFAULT_METADATA, metadata={"help": "metadata list the keywords come from"}
-    )
-    zipf_exponent: float = field(
-        default=1.1, metadata={"min": 0, "help": "exponent of the keyword popularity law"}
-    )
-    vocabulary: int = field(
-        default=5_000,
-        metadata={
-            "min": 0,
-            "help": "keywords come from this many entries of the list (0: all of them)",
-        },
-    )
-    url_prefix: str = field(
-        default="https://demo.invalid/images/",
-        metadata={"help": "URL prefix of the (synthetic) images"},
-    )
 
 
 def _rank_weights(n: int, exponent: float) -> np.ndarray:
@@ -149,22 +112,19 @@ def generate_captions(
     return captions, source
 
 
-def write_demo_pool(config: DemoPoolConfig) -> dict:
-    """Write the demo pool as ``config.files`` Parquet files; returns a summary."""
-    if config.rows <= 0 or config.files <= 0:
-        raise ValueError("demo-pool: rows and files must be positive")
-    manifest = storage.make_manifest("demo-pool", vars(config), {"metadata": config.metadata})
-    if storage.is_up_to_date(config.output, manifest):
-        log.info("demo-pool: %s is up to date; skipped", config.output)
-        return {**storage.read_json(storage.join(config.output, "_summary.json")), "skipped": True}
-    started = time.perf_counter()
-    metadata = load_metadata(config.metadata)
-    captions, source = generate_captions(
-        metadata.entries, config.rows, config.seed, config.zipf_exponent, config.vocabulary
-    )
-    uids = [hashlib.md5(f"demo-{config.seed}-{i}".encode()).hexdigest() for i in range(config.rows)]
-    urls = [f"{config.url_prefix}{i:08d}.jpg" for i in range(config.rows)]
-    table = pa.table(
+def pool_table(
+    entries: list[str],
+    rows: int,
+    seed: int,
+    exponent: float,
+    vocabulary: int,
+    url_prefix: str,
+) -> pa.Table:
+    """The demo pool as one table: uid, url, caption, source, lang (see the module docstring)."""
+    captions, source = generate_captions(entries, rows, seed, exponent, vocabulary)
+    uids = [hashlib.md5(f"demo-{seed}-{i}".encode()).hexdigest() for i in range(rows)]
+    urls = [f"{url_prefix}{i:08d}.jpg" for i in range(rows)]
+    return pa.table(
         {
             "uid": pa.array(uids, pa.string()),
             "url": pa.array(urls, pa.string()),
@@ -172,46 +132,16 @@ def write_demo_pool(config: DemoPoolConfig) -> dict:
             "source": pa.DictionaryArray.from_arrays(
                 pa.array(source.astype(np.int32)), pa.array(SOURCES)
             ).cast(pa.string()),
-            "lang": pa.array(["en"] * config.rows, pa.string()),
+            "lang": pa.array(["en"] * rows, pa.string()),
         }
     )
-    with storage.atomic_directory(config.output, manifest) as tmp:
-        bounds = np.linspace(0, config.rows, config.files + 1).astype(int)
-        for f in range(config.files):
-            part = table.slice(bounds[f], bounds[f + 1] - bounds[f])
-            fs, path = storage.url_to_fs(storage.join(tmp, f"part-{f:05d}.parquet"))
-            with fs.open(path, "wb") as out:
-                pq.write_table(part, out, row_group_size=32_768)
-        summary = {
-            "output": config.output,
-            "rows": config.rows,
-            "files": config.files,
-            "metadata": config.metadata,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        storage.write_json(storage.join(tmp, "_summary.json"), summary)
-    log.info("demo-pool: %d rows in %d files -> %s", config.rows, config.files, config.output)
-    return summary
 
 
-@dataclass
-class DemoPoolResult:
-    summary: dict
-
-    def report(self) -> str:
-        s = self.summary
-        return f"demo-pool: {s['rows']:,} captions in {s['files']} Parquet files -> {s['output']}"
-
-
-def _run(config: DemoPoolConfig, spark: object, force: bool) -> DemoPoolResult:
-    return DemoPoolResult(write_demo_pool(config))
-
-
-COMMAND = Command(
-    name="demo-pool",
-    help="write the built-in synthetic demo pool (deterministic, seeded)",
-    config_cls=DemoPoolConfig,
-    section="demo",
-    run=_run,
-    needs_spark=False,
-)
+def write_parquet_files(table: pa.Table, directory: str, files: int) -> None:
+    """``table`` as ``files`` Parquet files of (nearly) equal row counts in ``directory``."""
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for f in range(files):
+        part = table.slice(bounds[f], bounds[f + 1] - bounds[f])
+        fs, path = storage.url_to_fs(storage.join(directory, f"part-{f:05d}.parquet"))
+        with fs.open(path, "wb") as out:
+            pq.write_table(part, out, row_group_size=32_768)

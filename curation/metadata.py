@@ -23,11 +23,13 @@ which is a duplicate like any other). An entry that is nothing but such characte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from curation.storage import join, read_bytes, url_to_fs
 
@@ -37,6 +39,18 @@ log = logging.getLogger(__name__)
 # An entry containing one of them can never occur in a spaced caption (see ``curation.matching``).
 WRAPPED_PUNCTUATION = ",.;:?!`"
 SPACED_CONTROLS = "\t\n\r"
+
+#: The list shipped with the package (WordNet synset head names; see ``metadata/README``).
+DEFAULT_METADATA = str(Path(__file__).resolve().parents[1] / "metadata" / "default.json")
+
+
+def entries_fingerprint(entries: Sequence[str]) -> str:
+    """A content hash of a list (its entries in order): the same list at two paths, or written
+    twice, has one fingerprint; any change of an entry or of an id changes it."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(json.dumps(entry).encode() + b"\n")  # escaped: no entry spans two lines
+    return digest.hexdigest()[:32]
 
 
 class MetadataError(ValueError):

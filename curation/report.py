@@ -51,18 +51,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import __version__, storage
+from curation.pipeline import SHARD_STAGES, STAGE_ORDER
 
-STAGE_ORDER = (
-    "demo-pool",
-    "metadata",
-    "match",
-    "count",
-    "balance",
-    "select",
-    "download",
-    "reshard",
-)
-SHARD_STAGES = ("download", "reshard")
 DASH = "–"
 TOP_ENTRIES = 12
 

@@ -36,7 +36,7 @@ ROWS = 100_000
 @pytest.fixture(scope="module")
 def reference(spark, tmp_path_factory):
     """The demo pool, and its uninterrupted match and count (on the test session)."""
-    from curation.demo import DemoPoolConfig, write_demo_pool
+    from curation.stages.demo_pool import DemoPoolConfig, write_demo_pool
 
     root = tmp_path_factory.mktemp("atomic")
     pool = root / "pool"

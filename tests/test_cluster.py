@@ -137,7 +137,7 @@ def test_every_job_script_starts(tmp_path):
 def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
     started = time.monotonic()
     timings: dict[str, float] = {}
-    from curation.demo import DemoPoolConfig, write_demo_pool
+    from curation.stages.demo_pool import DemoPoolConfig, write_demo_pool
 
     pool = tmp_path / "pool"
     write_demo_pool(

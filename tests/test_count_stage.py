@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.demo import DemoPoolConfig, generate_captions
+from curation.demo import generate_captions
 from curation.matching import naive_match
 from curation.stages.count import CountConfig, run_count
+from curation.stages.demo_pool import DemoPoolConfig, write_demo_pool
 from curation.stages.match import MatchConfig, run_match
 from curation.storage import StageInputError
 
@@ -161,8 +162,6 @@ def test_demo_pool_is_deterministic_and_zipf_like(tmp_path):
         seed=3,
         metadata=str(tmp_path / "meta.json"),
     )
-    from curation.demo import write_demo_pool
-
     write_demo_pool(config)
     files = sorted(p for p in os.listdir(tmp_path / "pool") if p.endswith(".parquet"))
     assert len(files) == 3

@@ -368,7 +368,7 @@ def test_multilingual_lists_with_caps(spark, tmp_path, wordnet_dir):
     assert Matcher([first_bigram]).match(caption) == [0]
 
 
-def test_titles_extra_and_cli(spark, tmp_path, monkeypatch):
+def test_titles_extra_and_cli(spark, tmp_path):
     titles = tmp_path / "titles.csv"
     titles.write_text(
         "title,views\n"
@@ -385,7 +385,6 @@ def test_titles_extra_and_cli(spark, tmp_path, monkeypatch):
     long_entry = "x" * 300
     extra.write_text(f"Dog\nmy brand\n\n!!!\n{long_entry}\nmy brand\nsay, hi\n", encoding="utf-8")
     out = tmp_path / "m.json"
-    monkeypatch.setitem(cli.COMMAND_MODULES, "metadata", "curation.stages.metadata")
     argv = [
         "metadata",
         "--titles",

@@ -20,7 +20,7 @@ from curation.report import fmt_int, fmt_num, fmt_pct
 from curation.stages.balance import BalanceConfig, run_balance
 from curation.stages.count import CountConfig, run_count
 from curation.stages.match import MatchConfig, run_match
-from curation.stages.report import COMMAND, ReportConfig, run_report
+from curation.stages.report import ReportConfig, ReportStage, run_report
 from curation.stages.reshard import ReshardConfig, run_reshard
 from curation.stages.select import SelectConfig, run_select
 from tests.servers import InputSample, uid_of, write_input_shards
@@ -226,15 +226,13 @@ def test_rerun_is_skipped_and_text_is_escaped(run_dir, tmp_path):
     again = run_report(ReportConfig(run=str(run_dir)))
     assert again.skipped
     out = tmp_path / "r"
-    result = COMMAND.run(
-        ReportConfig(run=str(run_dir), output=str(out), title="<script>x</script> & co"),
-        None,
-        False,
-    )
+    result = ReportStage(
+        ReportConfig(run=str(run_dir), output=str(out), title="<script>x</script> & co")
+    ).run()
     assert not result.skipped and "index.html" in result.report()
     text = (out / "index.html").read_text()
     assert "&lt;script&gt;x&lt;/script&gt; &amp; co" in text and "<script>" not in text
-    assert COMMAND.name == "report" and not COMMAND.needs_spark
+    assert ReportStage.name == "report" and not ReportStage.needs_spark
 
 
 def test_partial_run_omits_missing_sections_with_a_note(run_dir, tmp_path):

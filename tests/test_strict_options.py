@@ -30,15 +30,15 @@ import pytest
 from curation import storage
 from curation.balancing.degenerate import DegenerateResultError
 from curation.cli import (
-    COMMAND_MODULES,
     build_parser,
     describe_exception,
-    load_command,
+    load_stage,
     main,
     run_command,
 )
 from curation.config import ConfigError, describe_range, out_of_range
 from curation.demo import generate_captions
+from curation.pipeline import ORDER, SECTIONS
 from curation.selection import hash_uniform
 from curation.spark import SparkConfig
 from curation.stages.balance import BalanceConfig, run_balance
@@ -61,9 +61,8 @@ def cli(capsys, *argv: str) -> tuple[int, list[str]]:
 def _option_classes() -> list[tuple[str, str, type]]:
     """(command, section, options dataclass) of every subcommand, and Spark's settings."""
     out = []
-    for name in COMMAND_MODULES:
-        command = load_command(name)
-        out.append((name, command.section, command.config_cls))
+    for name in ORDER:
+        out.append((name, SECTIONS[name], load_stage(name).options))
     out.append(("balance", "spark", SparkConfig))
     return out
 

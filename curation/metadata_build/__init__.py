@@ -14,14 +14,16 @@ with caps. The parts:
 """
 
 from curation.metadata_build.assemble import Candidate, ListBuilder, entry_problem
-from curation.metadata_build.build import BuildResult, build_metadata
+from curation.metadata_build.build import BuildResult, BuildRules, Sources, build_metadata
 from curation.metadata_build.tokenize import count_ngrams, tokenize
 from curation.metadata_build.wordnet import metaclip_head_name, read_wordnet
 
 __all__ = [
     "BuildResult",
+    "BuildRules",
     "Candidate",
     "ListBuilder",
+    "Sources",
     "build_metadata",
     "count_ngrams",
     "entry_problem",

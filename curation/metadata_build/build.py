@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -27,12 +27,42 @@ from curation.metadata_build.titles import read_titles, title_candidates
 from curation.metadata_build.wordnet import read_wordnet
 from curation.storage import StageInputError, read_bytes
 
-if TYPE_CHECKING:
-    from curation.stages.metadata import MetadataConfig
-
 log = logging.getLogger(__name__)
 
 NUMBERS = [str(i) for i in range(100)]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the entries come from (each optional; see ``curate metadata --help``)."""
+
+    wordnet: str = ""
+    corpus: str = ""
+    corpus_format: str = "auto"
+    text_col: str = ""
+    lang_col: str = ""  # one list per language when given
+    titles: str = ""
+    title_col: str = ""
+    views_col: str = ""
+    extra: str = ""
+
+
+@dataclass(frozen=True)
+class BuildRules:
+    """What a candidate needs to become an entry, and how lists are capped and cleaned."""
+
+    min_unigram_count: int = 100
+    min_bigram_pmi: float = 30.0
+    min_bigram_count: int = 1
+    max_unigrams: int = 0
+    max_bigrams: int = 0
+    min_title_views: int = 70
+    max_titles: int = 0
+    numbers: bool = True
+    wordnet_lang: str = "en"
+    max_entry_chars: int = 256
+    drop_unmatchable: bool = False
+    partitions: int = 0
 
 
 @dataclass
@@ -68,16 +98,16 @@ def read_extra(path: str) -> list[Candidate]:
     return out
 
 
-def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildResult:
-    """Read the configured sources and merge them into one list per language."""
-    multilingual = bool(config.lang_col)
-    wordnet_lang = config.wordnet_lang if multilingual else ""
+def build_metadata(spark: SparkSession | None, sources: Sources, rules: BuildRules) -> BuildResult:
+    """Read ``sources`` and merge them into one list per language by ``rules``."""
+    multilingual = bool(sources.lang_col)
+    wordnet_lang = rules.wordnet_lang if multilingual else ""
     builders: dict[str, ListBuilder] = {}
     details: dict[str, Any] = {}
 
     wordnet_candidates: list[Candidate] = []
-    if config.wordnet:
-        wn = read_wordnet(config.wordnet)
+    if sources.wordnet:
+        wn = read_wordnet(sources.wordnet)
         # detail: the first synset's id, and its first lemma when the name is not just that lemma
         # with spaces (lower-cased, marker stripped or cut at a dot).
         wordnet_candidates = [
@@ -96,78 +126,78 @@ def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildR
         if multilingual:
             details["wordnet"]["lang"] = wordnet_lang
         log.info(
-            "metadata: WordNet %s: %d synsets, %d names", config.wordnet, wn.synsets, len(wn.names)
+            "metadata: WordNet %s: %d synsets, %d names", sources.wordnet, wn.synsets, len(wn.names)
         )
 
     def builder(lang: str) -> ListBuilder:
         """The list of ``lang``, created with the sources that precede the corpus."""
         b = builders.get(lang)
         if b is None:
-            b = builders[lang] = ListBuilder(lang, config.max_entry_chars, config.drop_unmatchable)
-            if config.numbers:
+            b = builders[lang] = ListBuilder(lang, rules.max_entry_chars, rules.drop_unmatchable)
+            if rules.numbers:
                 b.add_source("numbers", (Candidate(n) for n in NUMBERS))
-            if config.wordnet and lang == wordnet_lang:
+            if sources.wordnet and lang == wordnet_lang:
                 b.add_source("wordnet", wordnet_candidates)
         return b
 
     def cap(limit: int) -> Cap | None:
         if not limit:
             return None
-        base = len(NUMBERS) if config.numbers else 0
+        base = len(NUMBERS) if rules.numbers else 0
         return Cap(
             {lang: limit + len(b) for lang, b in builders.items()},
             limit + base,
-            config.max_entry_chars,
-            config.drop_unmatchable,
+            rules.max_entry_chars,
+            rules.drop_unmatchable,
         )
 
-    if not multilingual or config.wordnet:
+    if not multilingual or sources.wordnet:
         builder(wordnet_lang)
 
-    if config.corpus:
+    if sources.corpus:
         if spark is None:
             raise ValueError("metadata: counting a corpus needs a Spark session")
-        df, fmt = read_table(spark, config.corpus, "corpus", config.corpus_format)
+        df, fmt = read_table(spark, sources.corpus, "corpus", sources.corpus_format)
         if fmt == "text":
-            if config.lang_col:
+            if sources.lang_col:
                 raise ValueError(
-                    f"{config.corpus}: a plain-text corpus has no language column; give Parquet or "
+                    f"{sources.corpus}: a plain-text corpus has no language column; give Parquet or "
                     "JSONL with the --lang-col column to build per-language lists"
                 )
             text = "value"
         else:
-            text = pick_column(df.columns, config.text_col, TEXT_CANDIDATES, "text", config.corpus)
+            text = pick_column(
+                df.columns, sources.text_col, TEXT_CANDIDATES, "text", sources.corpus
+            )
         selected = [column(text).alias("text")]
         if multilingual:
-            selected.append(language_column(df, config.lang_col, config.corpus))
-        counts = count_ngrams_spark(df.select(*selected), config.partitions)
+            selected.append(language_column(df, sources.lang_col, sources.corpus))
+        counts = count_ngrams_spark(df.select(*selected), rules.partitions)
         counts = counts.persist()
         try:
             stats = corpus_stats(counts)
             if not any(s.rows for s in stats.languages.values()):
                 raise StageInputError(
-                    f"{config.corpus}: the corpus holds no text (0 non-empty rows)"
+                    f"{sources.corpus}: the corpus holds no text (0 non-empty rows)"
                 )
             for lang in sorted(stats.languages):
                 builder(lang)
-            unigrams = unigram_candidates(
-                counts, config.min_unigram_count, cap(config.max_unigrams)
-            )
+            unigrams = unigram_candidates(counts, rules.min_unigram_count, cap(rules.max_unigrams))
             by_lang: dict[str, list] = defaultdict(list)
             for lang, token, n in unigrams.rows:
                 by_lang[lang].append((token, n))
             for lang in sorted(by_lang):
                 ranked = sorted(by_lang[lang], key=lambda tn: (-tn[1], tn[0]))
                 builder(lang).add_source(
-                    "unigram", (Candidate(t, count=n) for t, n in ranked), config.max_unigrams
+                    "unigram", (Candidate(t, count=n) for t, n in ranked), rules.max_unigrams
                 )
             totals = {lang: s.tokens for lang, s in stats.languages.items()}
             bigrams = bigram_candidates(
                 counts,
                 totals,
-                config.min_bigram_pmi,
-                config.min_bigram_count,
-                cap(config.max_bigrams),
+                rules.min_bigram_pmi,
+                rules.min_bigram_count,
+                cap(rules.max_bigrams),
             )
         finally:
             counts.unpersist()
@@ -182,7 +212,7 @@ def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildR
                     Candidate(b.text, count=b.n, pmi=b.pmi, detail=f"n(w1)={b.n1} n(w2)={b.n2}")
                     for b in ranked
                 ),
-                config.max_bigrams,
+                rules.max_bigrams,
             )
         per_lang = {
             lang: {
@@ -201,31 +231,31 @@ def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildR
             details["corpus"].update(per_lang.get("", {}))
         log.info(
             "metadata: corpus %s: %s",
-            config.corpus,
+            sources.corpus,
             ", ".join(
                 f"{lang or 'all'} {s.rows:,} rows {s.tokens:,} tokens"
                 for lang, s in sorted(stats.languages.items())
             ),
         )
 
-    if config.titles:
+    if sources.titles:
         if spark is None:
             raise ValueError("metadata: reading a titles file needs a Spark session")
         titles_df = read_titles(
-            spark, config.titles, config.title_col, config.views_col, config.lang_col
+            spark, sources.titles, sources.title_col, sources.views_col, sources.lang_col
         )
         titles = title_candidates(
-            titles_df, config.min_title_views, cap(config.max_titles), multilingual
+            titles_df, rules.min_title_views, cap(rules.max_titles), multilingual
         )
         if titles.rows == 0:
-            raise StageInputError(f"{config.titles}: the titles file is empty (0 rows)")
+            raise StageInputError(f"{sources.titles}: the titles file is empty (0 rows)")
         t_by_lang: dict[str, list] = defaultdict(list)
         for lang, title, views in titles.candidates:
             t_by_lang[lang].append((title, views))
         for lang in sorted(t_by_lang):
             ranked = sorted(t_by_lang[lang], key=lambda tv: (-tv[1], tv[0]))
             builder(lang).add_source(
-                "title", (Candidate(t, views=v) for t, v in ranked), config.max_titles
+                "title", (Candidate(t, views=v) for t, v in ranked), rules.max_titles
             )
         # Titles rejected for ":" are counted in their language's list (20 are listed by name).
         for lang, n in titles.colon_titles.items():
@@ -246,8 +276,8 @@ def build_metadata(spark: SparkSession | None, config: MetadataConfig) -> BuildR
         if multilingual:
             details["titles"]["bad_lang_rows"] = titles.bad_lang_rows
 
-    if config.extra:
-        extra = read_extra(config.extra)
+    if sources.extra:
+        extra = read_extra(sources.extra)
         details["extra"] = {"lines": len(extra)}
         for lang in sorted(builders):
             builders[lang].add_source("extra", extra)

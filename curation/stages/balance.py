@@ -31,10 +31,8 @@ an exact, order-free binned sum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -57,13 +55,14 @@ from curation.balancing import (
     run_method,
     score_arrow,
 )
+from curation.balancing.broadcast import broadcast_params, cached_params
 from curation.balancing.degenerate import check_result
 from curation.balancing.distributed import (
     choose_execution,
     run_method_spark,
     signature_table_size,
 )
-from curation.cli import Command
+from curation.stages.base import Stage, StageResult, input_field, output_field
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +77,11 @@ class BalanceConfigError(ValueError):
 class BalanceConfig:
     """Options of the ``balance`` stage (``[balance]`` in a config file)."""
 
-    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
-    counts: str = field(default="", metadata={"help": "counts directory (output of count)"})
-    output: str = field(default="", metadata={"help": "output directory of the balancing"})
+    input: str = input_field(
+        "matched", "matched pool directory (output of match)", producers=("match",)
+    )
+    counts: str = input_field("counts", "counts directory (output of count)", producers=("count",))
+    output: str = output_field("output directory of the balancing")
     method: Method = field(
         default="metaclip",
         metadata={
@@ -321,27 +322,6 @@ def signatures_frame(spark: SparkSession, counts: str, margins: list[str]) -> Da
     return df.groupBy("entry_ids", *margins).agg(F.sum("multiplicity").alias("multiplicity"))
 
 
-# Rebuilt ScoreParams per Python worker, keyed by a digest of their JSON: a reused worker builds
-# the vectors once, not once per task.
-_PARAMS: dict[str, ScoreParams] = {}
-
-
-def cached_params(broadcast, key: str) -> ScoreParams:
-    """The broadcast ScoreParams, rebuilt at most once per Python worker process."""
-    params = _PARAMS.get(key)
-    if params is None:
-        _PARAMS.clear()
-        params = _PARAMS[key] = ScoreParams.from_dict(broadcast.value)
-    return params
-
-
-def broadcast_params(spark: SparkSession, params: ScoreParams) -> tuple[Any, str]:
-    """Broadcast ``params`` once; returns the broadcast and its cache key."""
-    payload = params.to_dict()
-    key = hashlib.sha256(params.to_json().encode()).hexdigest()[:24]
-    return spark.sparkContext.broadcast(payload), key
-
-
 def _score_partition(batches, broadcast, key: str, with_repeats: bool):
     params = cached_params(broadcast, key)
     for batch in batches:
@@ -373,52 +353,6 @@ def _write_table(table: pa.Table, url: str) -> None:
     fs, path = storage.url_to_fs(url)
     with fs.open(path, "wb") as f:
         pq.write_table(table, f)
-
-
-@dataclass
-class BalanceRunResult:
-    output: str
-    summary: dict
-    skipped: bool = False
-
-    def report(self) -> str:
-        s = self.summary
-        d = s["headline"]
-        lines = [
-            f"balance: method {s['method']}, cap t = {_fmt(s.get('t'))}, status {s.get('status')}"
-            + (" (up to date, skipped)" if self.skipped else ""),
-            f"  expected size   {s['expected_size']:,.1f}"
-            + (f" (target {s['target_size']:,.1f})" if s.get("target_size") else ""),
-            f"  {'':<28}{'before':>12}{'after':>12}",
-        ]
-        for key, label in (
-            ("l1_error", "L1 error to the target"),
-            ("max_rel_err_head", "max head-entry rel. error"),
-            ("entropy_nats", "entropy (nats)"),
-            ("top100_share", "top-100 entries' share"),
-            ("tail_entries_fully_kept_share", "tail entries fully kept"),
-        ):
-            lines.append(
-                f"  {label:<28}{_fmt(d['before'].get(key)):>12}{_fmt(d['after'].get(key)):>12}"
-            )
-        w = d["weights"]
-        lines.append(
-            f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
-            f"max/mean {_fmt(w.get('max_over_mean'))}"
-        )
-        ref = (s.get("info") or {}).get("vs_metaclip")
-        if ref and s["method"] != "metaclip":
-            this, mc = ref["this"], ref["metaclip"]
-            lines.append(
-                f"  vs MetaCLIP's rule at the same size (cap {_fmt(ref['t_mc'])}): tail share "
-                f"{_fmt(this['tail_share'])} vs {_fmt(mc['tail_share'])}, entropy "
-                f"{_fmt(this['entropy_nats'])} vs {_fmt(mc['entropy_nats'])}, top-100 share "
-                f"{_fmt(this['top100_share'])} vs {_fmt(mc['top100_share'])}"
-            )
-        if s.get("unmet_targets"):
-            lines.append(f"  unmet targets   {describe_unmet(s['unmet_targets'])}")
-        lines.append(f"  output          {self.output}")
-        return "\n".join(lines)
 
 
 def unmet_targets(info: dict, entries: list[str]) -> dict | None:
@@ -475,34 +409,125 @@ def headline(diag: dict) -> dict:
     }
 
 
-def run_balance(
-    spark: SparkSession, config: BalanceConfig, force: bool = False
-) -> BalanceRunResult:
-    """Solve the method on the signature table and score every sample of the matched pool."""
-    if not (config.input and config.counts and config.output):
-        raise ValueError("balance needs --input (matched), --counts and --output")
-    storage.require_complete(config.input, "matched pool")
-    storage.require_complete(config.counts, "counts")
-    manifest = storage.make_manifest(
-        "balance",
-        {k: v for k, v in vars(config).items() if k not in ("input", "counts", "output")},
-        {"matched": config.input, "counts": config.counts},
-    )
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("balance: %s is up to date; skipped", config.output)
-        return BalanceRunResult(
-            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
+class BalanceStage(Stage):
+    name = "balance"
+    help = "solve per-sample weights and inclusion probabilities (metaclip, balance or rake)"
+    options = BalanceConfig
+
+    @classmethod
+    def check(cls, config: BalanceConfig) -> None:
+        check_options(config)
+
+    def resolve_inputs(self) -> dict[str, str]:
+        """The inputs, then the options that need the counts (entries, matched samples)."""
+        inputs = super().resolve_inputs()
+        config = self.config
+        self.entries = storage.read_json(storage.join(config.counts, "metadata.json"))
+        summary = storage.read_json(storage.join(config.counts, "summary.json"))
+        self.n_matched = int(summary["matched"])
+        self.method_options = method_options(config, self.entries, self.n_matched)
+        if self.n_matched == 0 and not config.keep_unmatched:
+            raise storage.StageInputError(
+                f"{config.counts}: no sample matched any entry; nothing to balance "
+                "(check the metadata list, or use --keep-unmatched)"
+            )
+        return inputs
+
+    def compute(self, tmp: str) -> dict:
+        """Solve the method on the signature table and score every sample of the matched pool."""
+        config, entries, options = self.config, self.entries, self.method_options
+        margins = list(dict.fromkeys(config.margins))
+        table, result, execution = solve(
+            self.spark, config, entries, margins, options, self.n_matched
         )
-    started = time.perf_counter()
-    entries: list[str] = storage.read_json(storage.join(config.counts, "metadata.json"))
-    margins = list(dict.fromkeys(config.margins))
-    n_matched = int(storage.read_json(storage.join(config.counts, "summary.json"))["matched"])
-    options = method_options(config, entries, n_matched)
-    if n_matched == 0 and not config.keep_unmatched:
-        raise storage.StageInputError(
-            f"{config.counts}: no sample matched any entry; nothing to balance "
-            "(check the metadata list, or use --keep-unmatched)"
+        diag = diagnostics(table, result)
+        if table is not None:
+            work = table.with_unmatched_entry() if result.params.keep_unmatched else table
+            expected = work.entry_sums(table.multiplicity * result.pi)
+        else:
+            expected = result.stats.entry_sums
+        write_solution(tmp, result, entries, expected)
+        pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+        score_to(self.spark, pool.select("uid", "entry_ids", *margins), result.params, tmp)
+        storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
+        summary = {
+            "stage": "balance",
+            "method": config.method,
+            "t": result.info.get("t"),
+            "status": result.info.get("status", "closed_form"),
+            "target_size": options.get("target_size"),
+            "expected_size": diag["inclusion"]["expected_size"],
+            "with_replacement": config.with_replacement,
+            "execution": execution,
+            "margins": margins,
+            "headline": headline(diag),
+            "info": diag["info"],
+            "seconds": self.seconds(),
+        }
+        unmet = unmet_targets(result.info, entries)
+        if unmet:
+            summary["unmet_targets"] = unmet
+            log.warning("balance: %s", describe_unmet(unmet))
+        return summary
+
+    def result(self, summary: dict) -> StageResult:
+        return super().result(json.loads(json.dumps(summary)))
+
+    def log_done(self, summary: dict) -> None:
+        log.info(
+            "balance: %s done in %.1f s -> %s", summary["method"], summary["seconds"], self.output
         )
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
+        s = result.summary
+        d = s["headline"]
+        lines = [
+            f"balance: method {s['method']}, cap t = {_fmt(s.get('t'))}, status {s.get('status')}"
+            + (" (up to date, skipped)" if result.skipped else ""),
+            f"  expected size   {s['expected_size']:,.1f}"
+            + (f" (target {s['target_size']:,.1f})" if s.get("target_size") else ""),
+            f"  {'':<28}{'before':>12}{'after':>12}",
+        ]
+        for key, label in (
+            ("l1_error", "L1 error to the target"),
+            ("max_rel_err_head", "max head-entry rel. error"),
+            ("entropy_nats", "entropy (nats)"),
+            ("top100_share", "top-100 entries' share"),
+            ("tail_entries_fully_kept_share", "tail entries fully kept"),
+        ):
+            lines.append(
+                f"  {label:<28}{_fmt(d['before'].get(key)):>12}{_fmt(d['after'].get(key)):>12}"
+            )
+        w = d["weights"]
+        lines.append(
+            f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
+            f"max/mean {_fmt(w.get('max_over_mean'))}"
+        )
+        ref = (s.get("info") or {}).get("vs_metaclip")
+        if ref and s["method"] != "metaclip":
+            this, mc = ref["this"], ref["metaclip"]
+            lines.append(
+                f"  vs MetaCLIP's rule at the same size (cap {_fmt(ref['t_mc'])}): tail share "
+                f"{_fmt(this['tail_share'])} vs {_fmt(mc['tail_share'])}, entropy "
+                f"{_fmt(this['entropy_nats'])} vs {_fmt(mc['entropy_nats'])}, top-100 share "
+                f"{_fmt(this['top100_share'])} vs {_fmt(mc['top100_share'])}"
+            )
+        if s.get("unmet_targets"):
+            lines.append(f"  unmet targets   {describe_unmet(s['unmet_targets'])}")
+        lines.append(f"  output          {result.output}")
+        return "\n".join(lines)
+
+
+def solve(
+    spark: SparkSession,
+    config: BalanceConfig,
+    entries: list[str],
+    margins: list[str],
+    options: dict[str, Any],
+    n_matched: int,
+) -> tuple[SignatureTable | None, BalanceResult, str]:
+    """Solve on the driver or on the executors; returns (table or None, result, execution)."""
     frame = signatures_frame(spark, config.counts, margins)
     execution = config.execution
     if execution == "auto":
@@ -540,81 +565,49 @@ def run_balance(
             ) from exc
         raise BalanceConfigError(f"infeasible target: {exc}") from exc
     check_result(result, table, _size_options(config))  # NaN, inf or empty: never committed
-    diag = diagnostics(table, result)
-    if table is not None:
-        work = table.with_unmatched_entry() if result.params.keep_unmatched else table
-        expected = work.entry_sums(table.multiplicity * result.pi)
-    else:
-        expected = result.stats.entry_sums
-    params = result.params
+    return table, result, execution
 
-    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
-    with storage.atomic_directory(config.output, manifest) as tmp:
-        storage.write_bytes(storage.join(tmp, "params.json"), params.to_json().encode())
-        entry_table = result.entry_table(entries)
-        entry_table = entry_table.append_column(
-            "expected", pa.array(np.asarray(expected, dtype=np.float64)[: entry_table.num_rows])
-        )
-        _write_table(entry_table, storage.join(tmp, "entry_factors.parquet"))
-        _write_table(
-            pa.Table.from_pylist(
-                [
-                    {
-                        "iter": int(h["iter"]),
-                        "max_rel_err": float(h["max_rel_err"]),
-                        "l1": float(h["l1"]),
-                    }
-                    for h in result.history
-                ],
-                schema=pa.schema(
-                    [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
-                ),
+
+def write_solution(tmp: str, result: BalanceResult, entries: list[str], expected: Any) -> None:
+    """``params.json``, ``entry_factors.parquet`` and ``history.parquet``."""
+    storage.write_bytes(storage.join(tmp, "params.json"), result.params.to_json().encode())
+    entry_table = result.entry_table(entries)
+    entry_table = entry_table.append_column(
+        "expected", pa.array(np.asarray(expected, dtype=np.float64)[: entry_table.num_rows])
+    )
+    _write_table(entry_table, storage.join(tmp, "entry_factors.parquet"))
+    _write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "iter": int(h["iter"]),
+                    "max_rel_err": float(h["max_rel_err"]),
+                    "l1": float(h["l1"]),
+                }
+                for h in result.history
+            ],
+            schema=pa.schema(
+                [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
             ),
-            storage.join(tmp, "history.parquet"),
+        ),
+        storage.join(tmp, "history.parquet"),
+    )
+
+
+def score_to(spark: SparkSession, pool: DataFrame, params: ScoreParams, tmp: str) -> None:
+    """Score every row of ``pool`` with ``params`` into ``tmp/weights``."""
+    broadcast, key = broadcast_params(spark, params)
+    try:
+        score_pool(pool, broadcast, key, params.repeat_scale is not None).write.parquet(
+            storage.spark_url(storage.join(tmp, "weights"))
         )
-        broadcast, key = broadcast_params(spark, params)
-        try:
-            score_pool(
-                pool.select("uid", "entry_ids", *margins),
-                broadcast,
-                key,
-                params.repeat_scale is not None,
-            ).write.parquet(storage.spark_url(storage.join(tmp, "weights")))
-        finally:
-            broadcast.unpersist()
-        storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
-        summary = {
-            "stage": "balance",
-            "method": config.method,
-            "t": result.info.get("t"),
-            "status": result.info.get("status", "closed_form"),
-            "target_size": options.get("target_size"),
-            "expected_size": diag["inclusion"]["expected_size"],
-            "with_replacement": config.with_replacement,
-            "execution": execution,
-            "margins": margins,
-            "headline": headline(diag),
-            "info": diag["info"],
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        unmet = unmet_targets(result.info, entries)
-        if unmet:
-            summary["unmet_targets"] = unmet
-            log.warning("balance: %s", describe_unmet(unmet))
-        storage.write_json(storage.join(tmp, "summary.json"), summary)
-    log.info("balance: %s done in %.1f s -> %s", config.method, summary["seconds"], config.output)
-    return BalanceRunResult(config.output, json.loads(json.dumps(summary)))
+    finally:
+        broadcast.unpersist()
 
 
-def _run(config: BalanceConfig, spark: SparkSession, force: bool) -> BalanceRunResult:
-    return run_balance(spark, config, force)
+def run_balance(spark: SparkSession, config: BalanceConfig, force: bool = False) -> StageResult:
+    """Solve the method on the signature table and score every sample of the matched pool."""
+    return BalanceStage(config, spark).run(force)
 
 
-COMMAND = Command(
-    name="balance",
-    help="solve per-sample weights and inclusion probabilities (metaclip, balance or rake)",
-    config_cls=BalanceConfig,
-    section="balance",
-    run=_run,
-    check=check_options,
-)
+STAGE = BalanceStage

@@ -23,7 +23,6 @@ each task sends at most one row per distinct key. No ``collect_list`` is used an
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +33,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from curation import storage
-from curation.cli import Command
+from curation.metadata import entries_fingerprint
+from curation.stages.base import LineageError, Stage, StageResult, input_field, output_field
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 class CountConfig:
     """Options of the ``count`` stage (``[count]`` in a config file)."""
 
-    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
-    output: str = field(default="", metadata={"help": "output directory of the counts"})
+    input: str = input_field(
+        "matched", "matched pool directory (output of match)", producers=("match",)
+    )
+    output: str = output_field("output directory of the counts")
     margins: list[str] = field(
         default_factory=list,
         metadata={"help": "extra margin column, e.g. language (repeatable)", "repeatable": True},
@@ -96,58 +98,32 @@ def entry_languages(languages: list[dict], n_entries: int) -> list[str]:
     return out
 
 
-@dataclass
-class CountResult:
-    output: str
-    summary: dict
-    skipped: bool = False
+class CountStage(Stage):
+    name = "count"
+    help = "count entries, margins and distinct signatures of a matched pool"
+    options = CountConfig
 
-    def report(self) -> str:
-        s = self.summary
-        lines = [
-            f"count: {s['samples']:,} samples, {s['matched']:,} matched, "
-            f"{s['entries_observed']:,} of {s['entries']:,} entries observed, "
-            f"{s['signatures']:,} distinct signatures"
-            + (" (up to date, skipped)" if self.skipped else ""),
-            "  top entries:",
-        ]
-        width = max((len(e["entry"]) for e in s["top_entries"][:10]), default=5)
-        for e in s["top_entries"][:10]:
-            lines.append(f"    {e['entry']:<{width}}  {e['count']:>10,}")
-        hist = ", ".join(f"{k}: {v:,}" for k, v in list(s["matches_per_sample"].items())[:8])
-        lines.append(f"  matches per sample: {hist}")
-        lines.append(f"  output     {self.output}")
-        return "\n".join(lines)
+    def resolve_inputs(self) -> dict[str, str]:
+        inputs = super().resolve_inputs()
+        config = self.config
+        self.entries: list[str] = storage.read_json(storage.join(config.input, "metadata.json"))
+        check_metadata_hash(config.input, self.entries, self.lineage)
+        return inputs
 
-
-def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> CountResult:
-    """Count entries, margins and signatures of the matched pool ``config.input``."""
-    if not config.input or not config.output:
-        raise ValueError("count needs --input and --output")
-    storage.require_complete(config.input, "matched pool")
-    manifest = storage.make_manifest(
-        "count", {"margins": config.margins, "top": config.top}, {"matched": config.input}
-    )
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("count: %s is up to date; skipped", config.output)
-        return CountResult(
-            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
-        )
-    started = time.perf_counter()
-    entries: list[str] = storage.read_json(storage.join(config.input, "metadata.json"))
-    languages_file = storage.join(config.input, "metadata_languages.json")
-    languages = storage.read_json(languages_file) if storage.exists(languages_file) else None
-    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
-    missing = [m for m in config.margins if m not in pool.columns]
-    if missing:
-        raise storage.StageInputError(
-            f"{config.input}: margin column {missing[0]!r} is not in the matched pool; columns are "
-            f"{[c for c in pool.columns if c != 'entry_ids']}"
-        )
-    margins = list(dict.fromkeys(config.margins))
-    pool = pool.select("entry_ids", *[F.col(m).cast("string").alias(m) for m in margins])
-
-    with storage.atomic_directory(config.output, manifest) as tmp:
+    def compute(self, tmp: str) -> dict:
+        """Count entries, margins and signatures of the matched pool ``config.input``."""
+        config, spark, entries = self.config, self.spark, self.entries
+        languages_file = storage.join(config.input, "metadata_languages.json")
+        languages = storage.read_json(languages_file) if storage.exists(languages_file) else None
+        pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+        missing = [m for m in config.margins if m not in pool.columns]
+        if missing:
+            raise storage.StageInputError(
+                f"{config.input}: margin column {missing[0]!r} is not in the matched pool; "
+                f"columns are {[c for c in pool.columns if c != 'entry_ids']}"
+            )
+        margins = list(dict.fromkeys(config.margins))
+        pool = pool.select("entry_ids", *[F.col(m).cast("string").alias(m) for m in margins])
         signatures = signature_table(pool, margins).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             signatures.write.parquet(storage.spark_url(storage.join(tmp, "signatures")))
@@ -167,76 +143,115 @@ def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> 
                 .toArrow()
             )
             _write_table(histogram, storage.join(tmp, "matches_histogram.parquet"))
-            margin_summary = {}
-            for m in margins:
-                per_level = (
-                    signatures.groupBy(m)
-                    .agg(F.sum("multiplicity").alias("samples"))
-                    .orderBy(m)
-                    .toArrow()
-                )
-                _write_table(per_level, storage.join(tmp, "margin_counts", f"{m}.parquet"))
-                per_level_entry = (
-                    signatures.select(m, F.explode("entry_ids").alias("entry_id"), "multiplicity")
-                    .groupBy(m, "entry_id")
-                    .agg(F.sum("multiplicity").alias("count"))
-                    .orderBy(m, "entry_id")
-                    .toArrow()
-                )
-                _write_table(
-                    per_level_entry, storage.join(tmp, "margin_entry_counts", f"{m}.parquet")
-                )
-                margin_summary[m] = {
-                    str(level): int(n)
-                    for level, n in zip(
-                        per_level.column(m).to_pylist(), per_level.column("samples").to_pylist()
-                    )
-                }
+            margin_summary = {m: write_margin_counts(signatures, m, tmp) for m in margins}
             n_signatures = signatures.count()
         finally:
             signatures.unpersist()
-
-        k = histogram.column("k").to_numpy()
-        samples = histogram.column("samples").to_numpy()
-        n = int(samples.sum())
-        if n == 0:
-            raise storage.StageInputError(f"{config.input}: the matched pool has no rows")
-        top = np.argsort(-counts, kind="stable")[: config.top]
-        summary = {
-            "stage": "count",
-            "input": config.input,
-            "samples": n,
-            "matched": int(samples[k > 0].sum()),
-            "unmatched": int(samples[k == 0].sum()),
-            "total_matches": int((k * samples).sum()),
-            "entries": len(entries),
-            "entries_observed": int((counts > 0).sum()),
-            "signatures": int(n_signatures),
-            "matches_per_sample": {str(int(a)): int(b) for a, b in zip(k, samples)},
-            "top_entries": [
-                {"entry_id": int(j), "entry": entries[j], "count": int(counts[j])}
-                for j in top
-                if counts[j] > 0
-            ],
-            "margins": margin_summary,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
+        summary = count_summary(config, entries, counts, histogram, margin_summary, n_signatures)
+        summary["seconds"] = self.seconds()
         storage.write_json(storage.join(tmp, "metadata.json"), entries)
         if languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), languages)
-        storage.write_json(storage.join(tmp, "summary.json"), summary)
-    log.info("count: %d samples, %d signatures -> %s", n, n_signatures, config.output)
-    return CountResult(config.output, summary)
+        return summary
+
+    def log_done(self, summary: dict) -> None:
+        log.info(
+            "count: %d samples, %d signatures -> %s",
+            summary["samples"],
+            summary["signatures"],
+            self.output,
+        )
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
+        s = result.summary
+        lines = [
+            f"count: {s['samples']:,} samples, {s['matched']:,} matched, "
+            f"{s['entries_observed']:,} of {s['entries']:,} entries observed, "
+            f"{s['signatures']:,} distinct signatures"
+            + (" (up to date, skipped)" if result.skipped else ""),
+            "  top entries:",
+        ]
+        width = max((len(e["entry"]) for e in s["top_entries"][:10]), default=5)
+        for e in s["top_entries"][:10]:
+            lines.append(f"    {e['entry']:<{width}}  {e['count']:>10,}")
+        hist = ", ".join(f"{k}: {v:,}" for k, v in list(s["matches_per_sample"].items())[:8])
+        lines.append(f"  matches per sample: {hist}")
+        lines.append(f"  output     {result.output}")
+        return "\n".join(lines)
 
 
-def _run(config: CountConfig, spark: SparkSession, force: bool) -> CountResult:
-    return run_count(spark, config, force)
+def check_metadata_hash(matched: str, entries: list[str], lineage: dict) -> None:
+    """The ``metadata.json`` beside a matched pool is the list it was matched against."""
+    recorded = (lineage.get("metadata") or {}).get("fingerprint")
+    if recorded and recorded != entries_fingerprint(entries):
+        raise LineageError(
+            f"{matched}: its metadata.json ({len(entries):,} entries) is not the metadata list "
+            f"the pool was matched against ({(lineage['metadata'].get('url'))}, "
+            f"{recorded[:12]}); the directory was altered: rerun match"
+        )
 
 
-COMMAND = Command(
-    name="count",
-    help="count entries, margins and distinct signatures of a matched pool",
-    config_cls=CountConfig,
-    section="count",
-    run=_run,
-)
+def write_margin_counts(signatures: DataFrame, m: str, tmp: str) -> dict[str, int]:
+    """Per-level samples and per-(level, entry) counts of margin ``m``; returns the former."""
+    per_level = (
+        signatures.groupBy(m).agg(F.sum("multiplicity").alias("samples")).orderBy(m).toArrow()
+    )
+    _write_table(per_level, storage.join(tmp, "margin_counts", f"{m}.parquet"))
+    per_level_entry = (
+        signatures.select(m, F.explode("entry_ids").alias("entry_id"), "multiplicity")
+        .groupBy(m, "entry_id")
+        .agg(F.sum("multiplicity").alias("count"))
+        .orderBy(m, "entry_id")
+        .toArrow()
+    )
+    _write_table(per_level_entry, storage.join(tmp, "margin_entry_counts", f"{m}.parquet"))
+    return {
+        str(level): int(n)
+        for level, n in zip(
+            per_level.column(m).to_pylist(), per_level.column("samples").to_pylist()
+        )
+    }
+
+
+def count_summary(
+    config: CountConfig,
+    entries: list[str],
+    counts: np.ndarray,
+    histogram: pa.Table,
+    margin_summary: dict,
+    n_signatures: int,
+) -> dict:
+    """The summary: totals, top entries, per-margin level counts."""
+    k = histogram.column("k").to_numpy()
+    samples = histogram.column("samples").to_numpy()
+    n = int(samples.sum())
+    if n == 0:
+        raise storage.StageInputError(f"{config.input}: the matched pool has no rows")
+    top = np.argsort(-counts, kind="stable")[: config.top]
+    return {
+        "stage": "count",
+        "input": config.input,
+        "samples": n,
+        "matched": int(samples[k > 0].sum()),
+        "unmatched": int(samples[k == 0].sum()),
+        "total_matches": int((k * samples).sum()),
+        "entries": len(entries),
+        "entries_observed": int((counts > 0).sum()),
+        "signatures": int(n_signatures),
+        "matches_per_sample": {str(int(a)): int(b) for a, b in zip(k, samples)},
+        "top_entries": [
+            {"entry_id": int(j), "entry": entries[j], "count": int(counts[j])}
+            for j in top
+            if counts[j] > 0
+        ],
+        "margins": margin_summary,
+    }
+
+
+def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> StageResult:
+    """Count entries, margins and signatures of the matched pool ``config.input``."""
+    return CountStage(config, spark).run(force)
+
+
+STAGE = CountStage

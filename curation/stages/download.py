@@ -8,7 +8,7 @@
    configured, with ``uid``, ``weight``, ``inclusion_prob``, ``entry_ids`` and ``repeats`` saved
    into each sample's ``.json``. Its incremental mode is the resume: a raw shard with its
    ``_stats.json`` is done and not fetched again.
-3. The raw shards are resharded (:func:`curation.stages.reshard.reshard_into`) into the final set:
+3. The raw shards are resharded (:func:`curation.shards.engine.reshard_into`) into the final set:
    each selected sample is downloaded **once** and written ``repeats`` times as ``{uid}-{j}``,
    keys are the sanitised uids (img2dataset's numeric keys stay in the ``.json`` as
    ``source.key``), shards hold exactly ``samples_per_shard`` samples, and the weights are
@@ -30,7 +30,6 @@ import math
 import os
 import re
 import signal
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,16 +41,11 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from curation import storage
-from curation.cli import Command
 from curation.shards import layout
+from curation.shards.engine import reshard_into
 from curation.shards.writer import atomic_open
-from curation.stages.reshard import (
-    S3Fields,
-    ShardSetResult,
-    _committed_result,
-    manifest_config,
-    reshard_into,
-)
+from curation.stages.base import input_field, output_field
+from curation.stages.shard_stage import S3Fields, ShardSetStage
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +55,10 @@ RESHARD_OPTIONS = ("samples_per_shard", "shuffle", "seed", "keep_raw")
 
 @dataclass
 class _DownloadOptions:
-    input: str = field(default="", metadata={"help": "output directory of the select stage"})
-    output: str = field(default="", metadata={"help": "output directory of the shard set"})
+    input: str = input_field(
+        "selected", "output directory of the select stage", producers=("select",)
+    )
+    output: str = output_field("output directory of the shard set")
     samples_per_shard: int = field(
         default=10_000,
         metadata={"min": 1, "help": "samples per output shard (the last may hold fewer)"},
@@ -277,106 +273,106 @@ def download_stats(raw: str, status: pa.Table, n_urls: int, no_url: int) -> dict
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def run_download(
-    spark: SparkSession, config: DownloadConfig, force: bool = False
-) -> ShardSetResult:
-    """Download ``config.input``'s selection into the shard set ``config.output``."""
-    if not config.input or not config.output:
-        raise ValueError("download needs --input and --output")
-    if config.samples_per_shard < 1 or config.download_shard_size < 1:
-        raise ValueError("download: samples_per_shard and download_shard_size must be >= 1")
-    s3 = config.s3_options()
-    storage.apply_storage_options(s3)
-    storage.require_complete(config.input, "selection (output of the select stage)")
-    manifest = storage.make_manifest(
-        "download", manifest_config(config), {"selected": config.input}
-    )
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("download: %s is up to date; skipped", config.output)
-        return _committed_result("download", config.output)
-    started = time.perf_counter()
-    raw_manifest = storage.make_manifest(
-        "download-raw", manifest_config(config, RESHARD_OPTIONS), {"selected": config.input}
-    )
-    work = storage.join(config.output, layout.WORK)
-    raw = storage.join(work, "raw")
-    raw_manifest_url = storage.join(work, "raw_manifest.json")
-    reuse_raw = (
-        not force
-        and storage.exists(raw_manifest_url)
-        and storage.read_json(raw_manifest_url) == json.loads(json.dumps(raw_manifest))
-    )
-    layout.prepare_output(config.output, manifest, force, keep_work=reuse_raw)
-    if not reuse_raw:
-        storage.write_json(raw_manifest_url, raw_manifest)
+class DownloadStage(ShardSetStage):
+    name = "download"
+    help = "download the selected URLs with img2dataset into a balanced WebDataset shard set"
+    options = DownloadConfig
 
-    selection = layout.read_selection(config.input)
-    has_url = pc.and_(
-        pc.is_valid(selection.column("url")), pc.not_equal(selection.column("url"), "")
-    )
-    no_url = selection.filter(pc.invert(pc.fill_null(has_url, False)))
-    to_fetch = selection.filter(pc.fill_null(has_url, False)).sort_by("uid")
-    urls = storage.join(work, "urls.parquet")
-    fs, urls_path = storage.url_to_fs(urls)
-    if not fs.exists(urls_path):
-        with atomic_open(fs, urls_path) as f:
-            pq.write_table(to_fetch, f)
+    def validate(self) -> None:
+        super().validate()
+        if self.config.download_shard_size < 1:
+            raise ValueError("download: samples_per_shard and download_shard_size must be >= 1")
 
-    processes = spark.sparkContext.defaultParallelism
-    env = {"NO_ALBUMENTATIONS_UPDATE": "1", **s3.worker_environment()}
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if to_fetch.num_rows:
-        import img2dataset
-
-        with use_session_for_img2dataset(spark, env):
-            img2dataset.download(**img2dataset_arguments(config, urls, raw, processes))
-    expected = math.ceil(to_fetch.num_rows / config.download_shard_size)
-    raw_fs, raw_path = storage.url_to_fs(raw)
-    done = {p.rsplit("/", 1)[-1].split("_")[0] for p in raw_fs.glob(f"{raw_path}/*_stats.json")}
-    missing = [f"{i:05d}" for i in range(expected) if f"{i:05d}" not in done]
-    if missing:
-        raise RuntimeError(
-            f"download: {len(missing)} of {expected} download shard(s) failed "
-            f"(first: {missing[0]}); rerun the same command to retry only those"
+    def write(self, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any], bool]:
+        config = self.config
+        raw = self._prepare(manifest)
+        selection = layout.read_selection(config.input)
+        has_url = pc.fill_null(
+            pc.and_(
+                pc.is_valid(selection.column("url")), pc.not_equal(selection.column("url"), "")
+            ),
+            False,
         )
-    status = read_raw_status(raw)
-    dstats = download_stats(raw, status, selection.num_rows, no_url.num_rows)
-    dstats["seconds"] = round(time.perf_counter() - started, 2)
-    log.info(
-        "download: %d of %d urls downloaded; failures %s",
-        dstats["successes"],
-        dstats["urls"],
-        dstats["failures_by_reason"],
-    )
-    if dstats["successes"] == 0:
-        raise storage.StageInputError(
-            f"download: none of the {selection.num_rows:,} selected URLs could be downloaded "
-            f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error"
+        no_url = selection.filter(pc.invert(has_url))
+        to_fetch = selection.filter(has_url).sort_by("uid")
+        sources = self._fetch(to_fetch, raw)
+        status = read_raw_status(raw)
+        dstats = download_stats(raw, status, selection.num_rows, no_url.num_rows)
+        dstats["seconds"] = self.seconds()
+        log.info(
+            "download: %d of %d urls downloaded; failures %s",
+            dstats["successes"],
+            dstats["urls"],
+            dstats["failures_by_reason"],
         )
-    sources = [layout.with_protocol(raw, p) for p in sorted(raw_fs.glob(f"{raw_path}/*.tar"))]
-    outcome = reshard_into(
-        spark,
-        sources,
-        spark.createDataFrame(selection),
-        config.output,
-        config.samples_per_shard,
-        config.shuffle,
-        config.seed,
-        "uid",
-        s3,
-    )
-    stats = {**outcome.stats, "download": dstats}
-    stats["rejects"] = _write_download_rejects(config.output, status, no_url)
-    stats["seconds"] = round(time.perf_counter() - started, 2)
-    layout.commit_output(config.output, outcome.sizes, stats, keep_work=config.keep_raw)
-    log.info(
-        "download: %d samples in %d shards (%.1f s) -> %s",
-        stats["written_samples"],
-        len(outcome.sizes),
-        stats["seconds"],
-        config.output,
-    )
-    return ShardSetResult("download", config.output, outcome.sizes, stats)
+        if dstats["successes"] == 0:
+            raise storage.StageInputError(
+                f"download: none of the {selection.num_rows:,} selected URLs could be downloaded "
+                f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error"
+            )
+        outcome = reshard_into(
+            self.spark,
+            sources,
+            self.spark.createDataFrame(selection),
+            config.output,
+            config.samples_per_shard,
+            config.shuffle,
+            config.seed,
+            "uid",
+            self.s3,
+        )
+        stats = {**outcome.stats, "download": dstats}
+        stats["rejects"] = _write_download_rejects(config.output, status, no_url)
+        stats["seconds"] = self.seconds()
+        return outcome.sizes, stats, config.keep_raw
+
+    def _prepare(self, manifest: dict[str, Any]) -> str:
+        """Prepare the output, keeping the raw downloads when only resharding options changed;
+        returns the raw shards' directory."""
+        options = self.option_values()
+        raw_manifest = storage.make_manifest(
+            "download-raw",
+            {k: v for k, v in options.items() if k not in RESHARD_OPTIONS},
+            {"selected": self.config.input},
+        )
+        work = storage.join(self.config.output, layout.WORK)
+        raw_manifest_url = storage.join(work, "raw_manifest.json")
+        reuse_raw = (
+            not self.force
+            and storage.exists(raw_manifest_url)
+            and storage.read_json(raw_manifest_url) == json.loads(json.dumps(raw_manifest))
+        )
+        layout.prepare_output(self.config.output, manifest, self.force, keep_work=reuse_raw)
+        if not reuse_raw:
+            storage.write_json(raw_manifest_url, raw_manifest)
+        return storage.join(work, "raw")
+
+    def _fetch(self, to_fetch: pa.Table, raw: str) -> list[str]:
+        """Run img2dataset on the URLs not fetched yet; returns the raw shards."""
+        config = self.config
+        urls = storage.join(config.output, layout.WORK, "urls.parquet")
+        fs, urls_path = storage.url_to_fs(urls)
+        if not fs.exists(urls_path):
+            with atomic_open(fs, urls_path) as f:
+                pq.write_table(to_fetch, f)
+        processes = self.spark.sparkContext.defaultParallelism
+        env = {"NO_ALBUMENTATIONS_UPDATE": "1", **self.s3.worker_environment()}
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        if to_fetch.num_rows:
+            import img2dataset
+
+            with use_session_for_img2dataset(self.spark, env):
+                img2dataset.download(**img2dataset_arguments(config, urls, raw, processes))
+        expected = math.ceil(to_fetch.num_rows / config.download_shard_size)
+        raw_fs, raw_path = storage.url_to_fs(raw)
+        done = {p.rsplit("/", 1)[-1].split("_")[0] for p in raw_fs.glob(f"{raw_path}/*_stats.json")}
+        missing = [f"{i:05d}" for i in range(expected) if f"{i:05d}" not in done]
+        if missing:
+            raise RuntimeError(
+                f"download: {len(missing)} of {expected} download shard(s) failed "
+                f"(first: {missing[0]}); rerun the same command to retry only those"
+            )
+        return [layout.with_protocol(raw, p) for p in sorted(raw_fs.glob(f"{raw_path}/*.tar"))]
 
 
 def _write_download_rejects(output: str, status: pa.Table, no_url: pa.Table) -> int:
@@ -413,14 +409,9 @@ def _write_download_rejects(output: str, status: pa.Table, no_url: pa.Table) -> 
     return table.num_rows
 
 
-def _run(config: DownloadConfig, spark: SparkSession, force: bool) -> ShardSetResult:
-    return run_download(spark, config, force)
+def run_download(spark: SparkSession, config: DownloadConfig, force: bool = False):
+    """Download ``config.input``'s selection into the shard set ``config.output``."""
+    return DownloadStage(config, spark).run(force)
 
 
-COMMAND = Command(
-    name="download",
-    help="download the selected URLs with img2dataset into a balanced WebDataset shard set",
-    config_cls=DownloadConfig,
-    section="download",
-    run=_run,
-)
+STAGE = DownloadStage

@@ -42,12 +42,10 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import version as _package_version
-from pathlib import Path
 
 import pyarrow as pa
 from pyspark import SparkFiles
@@ -56,14 +54,18 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, AtomicType, IntegerType, StructField, StructType
 
 from curation import storage
-from curation.cli import Command
 from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher
-from curation.metadata import is_metadata_directory, load_language_lists, load_metadata
+from curation.metadata import (
+    DEFAULT_METADATA,
+    entries_fingerprint,
+    is_metadata_directory,
+    load_language_lists,
+    load_metadata,
+)
 from curation.pool import POOL_FORMATS, READER_REASON, PoolFormat, ReaderOptions, read_pool
+from curation.stages.base import Stage, StageResult, input_field, output_field
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METADATA = str(Path(__file__).resolve().parents[2] / "metadata" / "default.json")
 
 REJECT_REASONS = ("null_caption", "non_utf8", "empty_caption", "caption_too_long", "duplicate_uid")
 # Reasons only a JSONL reader gives; listed in the summary of JSONL pools only.
@@ -77,18 +79,14 @@ EMPTY_CAPTION = r"(?U)^[\s\p{Cf}]*$"
 class MatchConfig:
     """Options of the ``match`` stage (``[match]`` in a config file)."""
 
-    input: str = field(
-        default="",
-        metadata={
-            "help": "pool: a file or directory of Parquet, CSV/TSV or JSONL (any fsspec URL)"
-        },
+    input: str = input_field(
+        "pool", "pool: a file or directory of Parquet, CSV/TSV or JSONL (any fsspec URL)"
     )
-    output: str = field(default="", metadata={"help": "output directory of the matched pool"})
-    metadata: str = field(
+    output: str = output_field("output directory of the matched pool")
+    metadata: str = input_field(
+        "metadata",
+        "metadata list: MetaCLIP JSON array or one entry per line; or a directory of per-language {lang}.json lists (with --lang-col)",
         default=DEFAULT_METADATA,
-        metadata={
-            "help": "metadata list: MetaCLIP JSON array or one entry per line; or a directory of per-language {lang}.json lists (with --lang-col)"
-        },
     )
     caption_col: str = field(
         default="",
@@ -267,29 +265,6 @@ def metadata_fingerprint(entries: list[str], casefold: bool) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass
-class MatchResult:
-    output: str
-    summary: dict
-    skipped: bool = False
-
-    def report(self) -> str:
-        s = self.summary
-        rejects = ", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items() if v) or "none"
-        lines = [
-            f"match: {s['input_rows']:,} rows ({s['input_format']}) against "
-            f"{s['metadata']['entries']:,} entries"
-            + (" (up to date, skipped)" if self.skipped else ""),
-            f"  matched    {s['matched']:,} ({s['matched_share']:.1%} of usable rows), "
-            f"{s['total_matches']:,} matches",
-            f"  unmatched  {s['unmatched']:,}",
-            f"  rejected   {s['rejected']:,} ({rejects})",
-            f"  pool       {storage.join(self.output, 'pool')}",
-            f"  rejects    {storage.join(self.output, 'rejects')}",
-        ]
-        return "\n".join(lines)
-
-
 def split_duplicate_uids(usable: DataFrame) -> tuple[DataFrame, DataFrame | None]:
     """``(kept, extra copies)``: one row per uid kept, the others returned to be rejected.
 
@@ -405,42 +380,53 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
     return LoadedMetadata(entries, build, summary, languages)
 
 
-def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> MatchResult:
-    """Match ``config.input`` against ``config.metadata`` and commit the result to ``config.output``."""
-    if not config.input or not config.output:
-        raise ValueError("match needs --input and --output")
-    if config.max_caption_chars <= 0:
-        raise ValueError("match: max_caption_chars must be positive")
-    reader = reader_options(config)
-    loaded = load_matcher(config)
-    manifest = storage.make_manifest(
-        "match",
-        {k: v for k, v in vars(config).items() if k not in ("input", "output", "metadata")},
-        {"pool": config.input, "metadata": config.metadata},
-    )
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("match: %s is up to date; skipped", config.output)
-        return MatchResult(
-            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
-        )
+class MatchStage(Stage):
+    name = "match"
+    help = "match captions against a metadata list (MetaCLIP semantics) and add entry_ids"
+    options = MatchConfig
 
-    started = time.perf_counter()
-    df, roles, fmt = read_pool(
-        spark, config.input, config.caption_col, config.url_col, config.uid_col, reader
-    )
-    if config.lang_col and config.lang_col not in df.columns:
-        raise storage.StageInputError(
-            f"{config.input}: the language column {config.lang_col!r} does not exist; columns are "
-            f"{df.columns}"
-        )
-    fingerprint = metadata_fingerprint(
-        [f"{lang['lang']}:{lang['offset']}" for lang in loaded.languages or []] + loaded.entries,
-        config.casefold,
-    )
-    matcher_file = ship_matcher(spark, loaded.build, fingerprint)
-    lang_col = config.lang_col if loaded.languages is not None else ""
+    def validate(self) -> None:
+        super().validate()
+        if self.config.max_caption_chars <= 0:
+            raise ValueError("match: max_caption_chars must be positive")
 
-    with storage.atomic_directory(config.output, manifest) as tmp:
+    @classmethod
+    def check(cls, config: MatchConfig) -> None:
+        reader_options(config)  # before Spark starts
+
+    def own_lineage(self) -> dict[str, dict]:
+        """The metadata list by content, so that later stages can tell lists apart."""
+        self.loaded = load_matcher(self.config)
+        return {
+            "metadata": {
+                "url": self.config.metadata,
+                "fingerprint": entries_fingerprint(self.loaded.entries),
+            }
+        }
+
+    def compute(self, tmp: str) -> dict:
+        """Match ``config.input`` against ``config.metadata`` into ``tmp``."""
+        config, spark, loaded = self.config, self.spark, self.loaded
+        df, roles, fmt = read_pool(
+            spark,
+            config.input,
+            config.caption_col,
+            config.url_col,
+            config.uid_col,
+            reader_options(config),
+        )
+        if config.lang_col and config.lang_col not in df.columns:
+            raise storage.StageInputError(
+                f"{config.input}: the language column {config.lang_col!r} does not exist; "
+                f"columns are {df.columns}"
+            )
+        fingerprint = metadata_fingerprint(
+            [f"{lang['lang']}:{lang['offset']}" for lang in loaded.languages or []]
+            + loaded.entries,
+            config.casefold,
+        )
+        matcher_file = ship_matcher(spark, loaded.build, fingerprint)
+        lang_col = config.lang_col if loaded.languages is not None else ""
         prepared = prepare(df, roles.uid is not None, config.max_caption_chars)
         kept, duplicates = split_duplicate_uids(prepared.filter(F.col("reason").isNull()))
         good = kept.drop("reason", "source_file")
@@ -456,24 +442,46 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
             "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
         )
         rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
-
         summary = summarize(spark, tmp, loaded.summary, roles, fmt, config)
         if summary["input_rows"] == 0:
             raise storage.StageInputError(f"{config.input}: the pool is empty (0 rows)")
-        summary["seconds"] = round(time.perf_counter() - started, 2)
+        summary["seconds"] = self.seconds()
         storage.write_json(storage.join(tmp, "metadata.json"), loaded.entries)
         if loaded.languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), loaded.languages)
-        storage.write_json(storage.join(tmp, "summary.json"), summary)
-    log.info(
-        "match: %d rows, %d matched, %d rejected in %.1f s -> %s",
-        summary["input_rows"],
-        summary["matched"],
-        summary["rejected"],
-        summary["seconds"],
-        config.output,
-    )
-    return MatchResult(config.output, summary)
+        return summary
+
+    def log_done(self, summary: dict) -> None:
+        log.info(
+            "match: %d rows, %d matched, %d rejected in %.1f s -> %s",
+            summary["input_rows"],
+            summary["matched"],
+            summary["rejected"],
+            summary["seconds"],
+            self.output,
+        )
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
+        s = result.summary
+        rejects = ", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items() if v) or "none"
+        lines = [
+            f"match: {s['input_rows']:,} rows ({s['input_format']}) against "
+            f"{s['metadata']['entries']:,} entries"
+            + (" (up to date, skipped)" if result.skipped else ""),
+            f"  matched    {s['matched']:,} ({s['matched_share']:.1%} of usable rows), "
+            f"{s['total_matches']:,} matches",
+            f"  unmatched  {s['unmatched']:,}",
+            f"  rejected   {s['rejected']:,} ({rejects})",
+            f"  pool       {storage.join(result.output, 'pool')}",
+            f"  rejects    {storage.join(result.output, 'rejects')}",
+        ]
+        return "\n".join(lines)
+
+
+def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> StageResult:
+    """Match ``config.input`` against ``config.metadata`` and commit the result to ``config.output``."""
+    return MatchStage(config, spark).run(force)
 
 
 def summarize(
@@ -523,15 +531,4 @@ def reader_options(config: MatchConfig) -> ReaderOptions:
     return ReaderOptions.of(config.format, config.header, config.columns, config.csv_multiline)
 
 
-def _run(config: MatchConfig, spark: SparkSession, force: bool) -> MatchResult:
-    return run_match(spark, config, force)
-
-
-COMMAND = Command(
-    name="match",
-    help="match captions against a metadata list (MetaCLIP semantics) and add entry_ids",
-    config_cls=MatchConfig,
-    section="match",
-    run=_run,
-    check=reader_options,  # before Spark starts
-)
+STAGE = MatchStage

@@ -34,6 +34,7 @@ partitioning or cluster (counts are exact integer sums, and every order is fully
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,9 +43,9 @@ from typing import Literal
 from pyspark.sql import SparkSession
 
 from curation import progress, storage
-from curation.cli import Command
 from curation.metadata_build.assemble import render_list, render_provenance
-from curation.metadata_build.build import BuildResult, build_metadata
+from curation.metadata_build.build import BuildResult, BuildRules, Sources, build_metadata
+from curation.stages.base import Stage, StageResult, input_field, output_field
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,18 @@ BUILDER_VERSION = 1
 class MetadataConfig:
     """Options of the ``metadata`` stage (``[metadata]`` in a config file)."""
 
-    output: str = field(
-        default="",
-        metadata={
-            "help": "output JSON list FILE (plus FILE's .provenance.tsv and .summary.json); with --lang-col, a directory of {lang}.json lists"
-        },
+    output: str = output_field(
+        "output JSON list FILE (plus FILE's .provenance.tsv and .summary.json); with --lang-col, a directory of {lang}.json lists"
     )
-    wordnet: str = field(
-        default="",
-        metadata={
-            "help": "WordNet 3.0 database directory holding data.noun/.verb/.adj/.adv (Debian's wordnet-base: /usr/share/wordnet)"
-        },
+    wordnet: str = input_field(
+        "wordnet",
+        "WordNet 3.0 database directory holding data.noun/.verb/.adj/.adv (Debian's wordnet-base: /usr/share/wordnet)",
+        required=False,
     )
-    corpus: str = field(
-        default="",
-        metadata={
-            "help": "text corpus: plain text (one document per line), Parquet or JSONL; a file or directory, any fsspec URL"
-        },
+    corpus: str = input_field(
+        "corpus",
+        "text corpus: plain text (one document per line), Parquet or JSONL; a file or directory, any fsspec URL",
+        required=False,
     )
     corpus_format: Literal["auto", "text", "parquet", "jsonl", "csv", "tsv"] = field(
         default="auto", metadata={"help": "corpus format (auto: from the file extensions)"}
@@ -123,11 +119,10 @@ class MetadataConfig:
             "help": "per language, at most this many new bigram entries, highest PMI first (0: no cap)",
         },
     )
-    titles: str = field(
-        default="",
-        metadata={
-            "help": "titles table with a views column (Parquet, CSV/TSV with a header, JSONL)"
-        },
+    titles: str = input_field(
+        "titles",
+        "titles table with a views column (Parquet, CSV/TSV with a header, JSONL)",
+        required=False,
     )
     title_col: str = field(
         default="",
@@ -153,11 +148,10 @@ class MetadataConfig:
             "help": "per language, at most this many new title entries, most viewed first (0: no cap)",
         },
     )
-    extra: str = field(
-        default="",
-        metadata={
-            "help": "your own entries (JSON array or one per line), added last to every list"
-        },
+    extra: str = input_field(
+        "extra",
+        "your own entries (JSON array or one per line), added last to every list",
+        required=False,
     )
     numbers: bool = field(
         default=True,
@@ -193,8 +187,6 @@ def sidecar_paths(output: str) -> tuple[str, str]:
 
 
 def validate(config: MetadataConfig) -> None:
-    if not config.output:
-        raise ValueError("metadata needs --output")
     if not (config.wordnet or config.corpus or config.titles or config.extra):
         raise ValueError(
             "metadata needs at least one source: --wordnet, --corpus, --titles or --extra"
@@ -236,28 +228,6 @@ def input_fingerprints(config: MetadataConfig, result: BuildResult | None = None
     return inputs
 
 
-@dataclass
-class MetadataResult:
-    output: str
-    summary: dict
-    skipped: bool = False
-
-    def report(self) -> str:
-        s = self.summary
-        lines = [f"metadata: {self.output}" + (" (up to date, skipped)" if self.skipped else "")]
-        lists = s["languages"] if "languages" in s else {"": s}
-        for lang, part in lists.items():
-            per_source = ", ".join(f"{k} {v:,}" for k, v in part["entries_per_source"].items())
-            rejected = part["rejected"]["total"]
-            label = f"{lang}: " if lang else ""
-            lines.append(
-                f"  {label}{part['entries']:,} entries ({per_source}); {rejected:,} rejected"
-            )
-        for name, path in s["files"].items():
-            lines.append(f"  {name:<10} {path}")
-        return "\n".join(lines)
-
-
 def _summary(config: MetadataConfig, result: BuildResult, inputs: dict, files: dict) -> dict:
     summary: dict = {
         "stage": "metadata",
@@ -291,60 +261,109 @@ def _up_to_date_single(config: MetadataConfig, inputs: dict) -> dict | None:
     return old if same else None
 
 
-def run_metadata(
-    spark: SparkSession | None, config: MetadataConfig, force: bool = False
-) -> MetadataResult:
-    """Build the list(s) of ``config`` and write them (see the module docstring)."""
-    validate(config)
-    started = time.perf_counter()
-    if config.lang_col:
-        return _run_multilingual(spark, config, force, started)
-    if not force:
-        old = _up_to_date_single(config, input_fingerprints(config))
-        if old is not None:
-            log.info("metadata: %s is up to date; skipped", config.output)
-            return MetadataResult(config.output, old, skipped=True)
-    fs, path = storage.url_to_fs(config.output)
-    if fs.exists(path) and fs.isdir(path):
-        raise ValueError(
-            f"--output {config.output} is a directory; give a file name such as {config.output.rstrip('/')}/metadata.json"
-        )
-    with progress.bar("metadata: candidates", unit="cand"):
-        result = build_metadata(spark, config)
+def sources_and_rules(config: MetadataConfig) -> tuple[Sources, BuildRules]:
+    """The builder's inputs and rules, from the stage's options."""
+    sources = Sources(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Sources)})
+    rules = BuildRules(**{f.name: getattr(config, f.name) for f in dataclasses.fields(BuildRules)})
+    return sources, rules
+
+
+class MetadataStage(Stage):
+    """One list (a file and its sidecars) or a directory of per-language lists."""
+
+    name = "metadata"
+    help = "build a MetaCLIP-style metadata list from WordNet, a text corpus, titles and your own entries"
+    options = MetadataConfig
+    needs_spark = True
+
+    def validate(self) -> None:
+        super().validate()
+        validate(self.config)
+
+    def resolve_inputs(self) -> dict[str, str]:
+        self.lineage = {}
+        self.inputs = input_fingerprints(self.config)
+        return self.input_urls()
+
+    def build_manifest(self, inputs: dict[str, str]) -> dict:
+        return {
+            "stage": "metadata",
+            "builder_version": BUILDER_VERSION,
+            "config": vars(self.config).copy(),
+            "inputs": self.inputs,
+        }
+
+    def is_up_to_date(self, manifest: dict) -> bool:
+        if self.config.lang_col:
+            return storage.is_up_to_date(self.output, manifest)
+        self.old_summary = _up_to_date_single(self.config, self.inputs)
+        return self.old_summary is not None
+
+    def read_summary(self) -> dict:
+        if self.config.lang_col:
+            return storage.read_json(storage.join(self.output, "summary.json"))
+        return self.old_summary
+
+    def commit(self, manifest: dict) -> dict:
+        config = self.config
+        if not config.lang_col:
+            fs, path = storage.url_to_fs(config.output)
+            if fs.exists(path) and fs.isdir(path):
+                raise ValueError(
+                    f"--output {config.output} is a directory; give a file name such as {config.output.rstrip('/')}/metadata.json"
+                )
+        with progress.bar("metadata: candidates", unit="cand"):
+            result = build_metadata(self.spark, *sources_and_rules(config))
+        if config.lang_col:
+            summary = _commit_directory(config, result, self.inputs, manifest)
+        else:
+            summary = _commit_single(config, result)
+        seconds = time.perf_counter() - self.started
+        if config.lang_col:
+            log.info(
+                "metadata: %d languages, %d entries in %.1f s -> %s",
+                len(result.builders),
+                sum(len(b) for b in result.builders.values()),
+                seconds,
+                config.output,
+            )
+        else:
+            entries = len(result.builders[""])
+            log.info("metadata: %d entries in %.1f s -> %s", entries, seconds, config.output)
+        return summary
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
+        s = result.summary
+        lines = [
+            f"metadata: {result.output}" + (" (up to date, skipped)" if result.skipped else "")
+        ]
+        lists = s["languages"] if "languages" in s else {"": s}
+        for lang, part in lists.items():
+            per_source = ", ".join(f"{k} {v:,}" for k, v in part["entries_per_source"].items())
+            rejected = part["rejected"]["total"]
+            label = f"{lang}: " if lang else ""
+            lines.append(
+                f"  {label}{part['entries']:,} entries ({per_source}); {rejected:,} rejected"
+            )
+        for name, path in s["files"].items():
+            lines.append(f"  {name:<10} {path}")
+        return "\n".join(lines)
+
+
+def _commit_single(config: MetadataConfig, result: BuildResult) -> dict:
     provenance, summary_path = sidecar_paths(config.output)
     files = {"list": config.output, "provenance": provenance, "summary": summary_path}
     summary = _summary(config, result, input_fingerprints(config, result), files)
     storage.write_bytes(provenance, render_provenance(result.builders, with_lang=False))
     storage.write_bytes(config.output, render_list(result.builders[""].entries))
     storage.write_json(summary_path, summary)  # last: its presence marks a complete build
-    log.info(
-        "metadata: %d entries in %.1f s -> %s",
-        len(result.builders[""]),
-        time.perf_counter() - started,
-        config.output,
-    )
-    return MetadataResult(config.output, summary)
+    return summary
 
 
-def _run_multilingual(
-    spark: SparkSession | None, config: MetadataConfig, force: bool, started: float
-) -> MetadataResult:
-    inputs = input_fingerprints(config)
-    manifest = {
-        "stage": "metadata",
-        "builder_version": BUILDER_VERSION,
-        "config": vars(config).copy(),
-        "inputs": inputs,
-    }
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("metadata: %s is up to date; skipped", config.output)
-        return MetadataResult(
-            config.output,
-            storage.read_json(storage.join(config.output, "summary.json")),
-            skipped=True,
-        )
-    with progress.bar("metadata: candidates", unit="cand"):
-        result = build_metadata(spark, config)
+def _commit_directory(
+    config: MetadataConfig, result: BuildResult, inputs: dict, manifest: dict
+) -> dict:
     files = {
         "lists": storage.join(config.output, "{lang}.json"),
         "provenance": storage.join(config.output, "provenance.tsv"),
@@ -358,24 +377,14 @@ def _run_multilingual(
             storage.join(tmp, "provenance.tsv"), render_provenance(result.builders, with_lang=True)
         )
         storage.write_json(storage.join(tmp, "summary.json"), summary)
-    log.info(
-        "metadata: %d languages, %d entries in %.1f s -> %s",
-        len(result.builders),
-        sum(len(b) for b in result.builders.values()),
-        time.perf_counter() - started,
-        config.output,
-    )
-    return MetadataResult(config.output, summary)
+    return summary
 
 
-def _run(config: MetadataConfig, spark: SparkSession | None, force: bool) -> MetadataResult:
-    return run_metadata(spark, config, force)
+def run_metadata(
+    spark: SparkSession | None, config: MetadataConfig, force: bool = False
+) -> StageResult:
+    """Build the list(s) of ``config`` and write them (see the module docstring)."""
+    return MetadataStage(config, spark).run(force)
 
 
-COMMAND = Command(
-    name="metadata",
-    help="build a MetaCLIP-style metadata list from WordNet, a text corpus, titles and your own entries",
-    config_cls=MetadataConfig,
-    section="metadata",
-    run=_run,
-)
+STAGE = MetadataStage

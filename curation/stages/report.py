@@ -16,13 +16,12 @@ nothing changed is skipped, and a stage rerun makes the report rerun.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from curation import storage
-from curation.cli import Command
 from curation.report import build_report, discover_stages
+from curation.stages.base import OUTPUT, Stage, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +31,15 @@ class ReportConfig:
     """Options of the ``report`` stage (``[report]`` in a config file)."""
 
     run: str = field(
-        default="", metadata={"help": "run directory holding the stage outputs (any fsspec URL)"}
+        default="",
+        metadata={
+            "help": "run directory holding the stage outputs (any fsspec URL)",
+            "role": "input",
+        },
     )
     output: str = field(
-        default="", metadata={"help": "output directory of the report; empty: <run>/report"}
+        default="",
+        metadata={"help": "output directory of the report; empty: <run>/report", "role": OUTPUT},
     )
     title: str = field(
         default="",
@@ -43,17 +47,53 @@ class ReportConfig:
     )
 
 
-@dataclass
-class ReportResult:
-    """The committed report: its directory and summary."""
+def default_output(run: str) -> str:
+    """``<run>/report``."""
+    return storage.join(run, "report")
 
-    output: str
-    summary: dict[str, Any]
-    skipped: bool = False
 
-    def report(self) -> str:
+class ReportStage(Stage):
+    name = "report"
+    help = "write one self-contained HTML page (with plots) and a summary.json for a run directory"
+    options = ReportConfig
+    needs_spark = False
+
+    @property
+    def output(self) -> str:
+        return self.config.output or default_output(self.config.run)
+
+    def validate(self) -> None:
+        if not self.config.run:
+            raise ValueError("report needs --run (the run directory)")
+
+    def resolve_inputs(self) -> dict[str, str]:
+        """Every complete stage output found in the run directory."""
+        self.stages = discover_stages(self.config.run)
+        self.lineage = {}
+        return {s.name: s.url for s in self.stages if s.complete}
+
+    def build_manifest(self, inputs: dict[str, str]) -> dict[str, Any]:
+        return storage.make_manifest("report", self.option_values(), inputs)
+
+    def compute(self, tmp: str) -> dict[str, Any]:
+        report = build_report(self.config.run, title=self.config.title or None, stages=self.stages)
+        storage.write_bytes(storage.join(tmp, "index.html"), report.html.encode("utf-8"))
+        self.plots = report.plots
+        return report.summary
+
+    def log_done(self, summary: dict[str, Any]) -> None:
+        log.info(
+            "report: %d stage outputs, %d plots in %.1f s -> %s",
+            sum(1 for s in self.stages if s.complete),
+            self.plots,
+            self.seconds(),
+            self.output,
+        )
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
         """Lines for the console."""
-        s = self.summary
+        s = result.summary
         stages = s.get("stages") or []
         found = ", ".join(f"{x['directory']} ({x['stage']})" for x in stages if x.get("complete"))
         incomplete = sum(1 for x in stages if not x.get("complete"))
@@ -61,55 +101,18 @@ class ReportResult:
             f"report: {len(stages) - incomplete} stage output(s)"
             + (f" ({incomplete} incomplete, not reported)" if incomplete else "")
             + f", {s.get('plots', 0)} plot(s)"
-            + (" (up to date, skipped)" if self.skipped else ""),
+            + (" (up to date, skipped)" if result.skipped else ""),
             f"  stages     {found or 'none'}",
-            f"  page       {storage.join(self.output, 'index.html')}",
-            f"  summary    {storage.join(self.output, 'summary.json')}",
+            f"  page       {storage.join(result.output, 'index.html')}",
+            f"  summary    {storage.join(result.output, 'summary.json')}",
         ]
         lines += [f"  note       {n}" for n in s.get("notes") or []]
         return "\n".join(lines)
 
 
-def default_output(run: str) -> str:
-    """``<run>/report``."""
-    return storage.join(run, "report")
-
-
-def run_report(config: ReportConfig, force: bool = False) -> ReportResult:
+def run_report(config: ReportConfig, force: bool = False) -> StageResult:
     """Build the report of ``config.run`` and commit it to ``config.output``."""
-    if not config.run:
-        raise ValueError("report needs --run (the run directory)")
-    output = config.output or default_output(config.run)
-    started = time.perf_counter()
-    stages = discover_stages(config.run)
-    inputs = {s.name: s.url for s in stages if s.complete}
-    manifest = storage.make_manifest("report", {"title": config.title}, inputs)
-    if not force and storage.is_up_to_date(output, manifest):
-        log.info("report: %s is up to date; skipped", output)
-        return ReportResult(output, storage.read_json(storage.join(output, "summary.json")), True)
-    report = build_report(config.run, title=config.title or None, stages=stages)
-    with storage.atomic_directory(output, manifest) as tmp:
-        storage.write_bytes(storage.join(tmp, "index.html"), report.html.encode("utf-8"))
-        storage.write_json(storage.join(tmp, "summary.json"), report.summary)
-    log.info(
-        "report: %d stage outputs, %d plots in %.1f s -> %s",
-        len(inputs),
-        report.plots,
-        time.perf_counter() - started,
-        output,
-    )
-    return ReportResult(output, report.summary)
+    return ReportStage(config).run(force)
 
 
-def _run(config: ReportConfig, spark: object, force: bool) -> ReportResult:
-    return run_report(config, force)
-
-
-COMMAND = Command(
-    name="report",
-    help="write one self-contained HTML page (with plots) and a summary.json for a run directory",
-    config_cls=ReportConfig,
-    section="report",
-    run=_run,
-    needs_spark=False,
-)
+STAGE = ReportStage

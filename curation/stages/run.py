@@ -25,6 +25,7 @@ a stage resumes at that stage.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,25 +33,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from curation import storage
-from curation.cli import Command, load_command
 from curation.config import ConfigError, from_mapping, key_line
+from curation.pipeline import (
+    DEFAULT_STAGES,
+    ORDER,
+    SECTIONS,
+    SHARD_STAGES,
+    WHEN_CONFIGURED,
+    default_paths,
+    stage_info,
+)
+from curation.stages.base import Stage
 
 log = logging.getLogger(__name__)
-
-#: Stages in pipeline order, and the stage sections ``run`` knows.
-ORDER = (
-    "demo-pool",
-    "metadata",
-    "match",
-    "count",
-    "balance",
-    "select",
-    "download",
-    "reshard",
-    "report",
-)
-SECTIONS = {"demo-pool": "demo"}
-DEFAULT_STAGES = ("match", "count", "balance", "select")
 
 
 @dataclass
@@ -67,26 +62,9 @@ class RunSection:
     )
 
 
-def _defaults(stage: str, run: RunSection, ran: set[str]) -> dict[str, str]:
-    """Paths a stage gets from the run directory when its section leaves them empty."""
-    d = run.dir.rstrip("/")
-    paths = {
-        "demo-pool": {"output": f"{d}/pool"},
-        "metadata": {"output": f"{d}/metadata.json"},
-        "match": {
-            "input": run.pool or (f"{d}/pool" if "demo-pool" in ran else ""),
-            "output": f"{d}/matched",
-        },
-        "count": {"input": f"{d}/matched", "output": f"{d}/counts"},
-        "balance": {"input": f"{d}/matched", "counts": f"{d}/counts", "output": f"{d}/balance"},
-        "select": {"input": f"{d}/matched", "weights": f"{d}/balance", "output": f"{d}/selected"},
-        "download": {"input": f"{d}/selected", "output": f"{d}/shards"},
-        "reshard": {"selected": f"{d}/selected", "output": f"{d}/shards"},
-        "report": {"run": d},
-    }[stage]
-    if stage == "match" and "metadata" in ran:
-        paths["metadata"] = f"{d}/metadata.json"
-    return paths
+def load_stage(name: str) -> type[Stage]:
+    """The stage class of ``name`` (see :mod:`curation.pipeline`)."""
+    return importlib.import_module(stage_info(name).module).STAGE
 
 
 def plan_stages(run: RunSection, data: dict[str, Any]) -> list[str]:
@@ -98,22 +76,23 @@ def plan_stages(run: RunSection, data: dict[str, Any]) -> list[str]:
                 f"run.stages: unknown stage {unknown[0]!r}; stages are {', '.join(ORDER)}"
             )
         return [s for s in ORDER if s in run.stages]
-    extra = [s for s in ("download", "reshard", "report") if SECTIONS.get(s, s) in data]
-    if "download" in extra and "reshard" in extra:
+    extra = [s for s in WHEN_CONFIGURED if SECTIONS[s] in data]
+    if all(s in extra for s in SHARD_STAGES):
         raise ConfigError("a run writes one shard set: configure download or reshard, not both")
     return [s for s in ORDER if s in DEFAULT_STAGES or s in extra]
 
 
 def stage_config(
-    stage: str, command: Command, data: dict[str, Any], run: RunSection, ran: set[str], source: str
+    stage: str, cls: type[Stage], data: dict[str, Any], run: RunSection, ran: set[str], source: str
 ) -> Any:
-    section = dict(data.get(SECTIONS.get(stage, stage)) or {})
-    names = {f.name for f in fields(command.config_cls)}
-    for key, value in _defaults(stage, run, ran).items():
+    """The options of ``stage``: its section, with the run directory's paths where it has none."""
+    name = SECTIONS[stage]
+    section = dict(data.get(name) or {})
+    names = {f.name for f in fields(cls.options)}
+    for key, value in default_paths(stage, run.dir, run.pool, ran).items():
         if key in names and not section.get(key):
             section[key] = value
-    name = SECTIONS.get(stage, stage)
-    return from_mapping(command.config_cls, section, f"{source}: {name}", path=source, section=name)
+    return from_mapping(cls.options, section, f"{source}: {name}", path=source, section=name)
 
 
 @dataclass
@@ -142,7 +121,7 @@ def run_pipeline(
     )
     if not run.dir:
         raise ConfigError(f"{source}: run.dir is required (the directory every stage writes below)")
-    known = {"run", "spark", *(SECTIONS.get(s, s) for s in ORDER)}
+    known = {"run", "spark", *SECTIONS.values()}
     unknown = sorted(set(data) - known)
     if unknown:
         line = key_line(source, unknown[0])
@@ -151,30 +130,24 @@ def run_pipeline(
             f"sections are {', '.join(sorted(known))}"
         )
     stages = plan_stages(run, data)
-    commands = {stage: load_command(stage) for stage in stages}
+    classes = {stage: load_stage(stage) for stage in stages}
     # Every stage's options are checked (types, ranges) before the first stage does any work.
     configs = {
-        stage: stage_config(stage, commands[stage], data, run, set(stages[:number]), source)
+        stage: stage_config(stage, classes[stage], data, run, set(stages[:number]), source)
         for number, stage in enumerate(stages, 1)
     }
     for stage, config in configs.items():
-        if commands[stage].check is not None:
-            commands[stage].check(config)
+        classes[stage].check(config)
     result = RunResult(run.dir)
     for number, stage in enumerate(stages, 1):
-        command = commands[stage]
+        cls = classes[stage]
         config = configs[stage]
         echo(f"[{number}/{len(stages)}] {stage}")
         started = time.perf_counter()
-        outcome = command.run(config, get_spark() if command.needs_spark else None, force)
+        outcome = cls(config, get_spark() if cls.needs_spark else None).run(force)
         seconds = time.perf_counter() - started
-        skipped = bool(
-            getattr(outcome, "skipped", False)
-            or (getattr(outcome, "summary", {}) or {}).get("skipped")
-        )
-        printer = getattr(outcome, "report", None)
-        if callable(printer):
-            echo(printer())
+        skipped = outcome.skipped
+        echo(outcome.report())
         echo(
             f"[{number}/{len(stages)}] {stage} {'skipped (up to date)' if skipped else 'done'} in {seconds:.1f} s"
         )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -37,9 +36,9 @@ from pyspark.sql.types import DoubleType, IntegerType, LongType, StructField, St
 
 from curation import storage
 from curation.balancing import ScoreParams, expected_repeats, score_arrow
-from curation.cli import Command
+from curation.balancing.broadcast import broadcast_params, cached_params
 from curation.selection import draw_repeats, hash_uniform, select_mask, sorted_subset, uid_halves
-from curation.stages.balance import broadcast_params, cached_params
+from curation.stages.base import Stage, StageResult, input_field, output_field
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,13 @@ log = logging.getLogger(__name__)
 class SelectConfig:
     """Options of the ``select`` stage (``[select]`` in a config file)."""
 
-    input: str = field(default="", metadata={"help": "matched pool directory (output of match)"})
-    weights: str = field(default="", metadata={"help": "balance directory (output of balance)"})
-    output: str = field(default="", metadata={"help": "output directory of the selection"})
+    input: str = input_field(
+        "matched", "matched pool directory (output of match)", producers=("match",)
+    )
+    weights: str = input_field(
+        "weights", "balance directory (output of balance)", producers=("balance",)
+    )
+    output: str = output_field("output directory of the selection")
     seed: int = field(
         default=0, metadata={"min": 0, "below": 2**64, "help": "selection seed (0 <= seed < 2**64)"}
     )
@@ -163,122 +166,115 @@ def empty_selection_warning(expected_size: float) -> str:
     )
 
 
-@dataclass
-class SelectResult:
-    output: str
-    summary: dict
-    skipped: bool = False
+class SelectStage(Stage):
+    name = "select"
+    help = "select samples deterministically (hash of uid and seed) from the balanced probabilities"
+    options = SelectConfig
 
-    def report(self) -> str:
-        s = self.summary
+    def validate(self) -> None:
+        super().validate()
+        config = self.config
+        if not 0 <= config.seed < 2**64:
+            raise ValueError(f"--seed {config.seed}: the seed must lie in [0, 2**64)")
+        if config.with_replacement and config.all_eligible:
+            raise ValueError(
+                "--all-eligible keeps every sample once; it excludes --with-replacement"
+            )
+
+    def resolve_inputs(self) -> dict[str, str]:
+        inputs = super().resolve_inputs()
+        self.params = ScoreParams.from_json(
+            storage.read_bytes(storage.join(self.config.weights, "params.json")).decode()
+        )
+        if self.config.with_replacement and self.params.repeat_scale is None:
+            raise ValueError(
+                f"{self.config.weights}: these weights were solved without replacement; rerun "
+                "balance with --with-replacement and a target size to draw repeats"
+            )
+        return inputs
+
+    def commit(self, manifest: dict) -> dict:
+        self.broadcast, self.key = broadcast_params(self.spark, self.params)
+        try:
+            return super().commit(manifest)
+        finally:
+            self.broadcast.unpersist()
+
+    def compute(self, tmp: str) -> dict:
+        config, params, spark = self.config, self.params, self.spark
+        pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+        selected_url = storage.join(tmp, "selected")
+        selection = select_pool(
+            pool,
+            self.broadcast,
+            self.key,
+            config.seed,
+            config.with_replacement,
+            config.all_eligible,
+        )
+        selection.write.parquet(storage.spark_url(selected_url))
+        selected = spark.read.parquet(storage.spark_url(selected_url))
+        buffer = io.BytesIO()
+        np.save(buffer, sorted_subset(subset_halves(selected)), allow_pickle=False)
+        storage.write_bytes(storage.join(tmp, "subset.npy"), buffer.getvalue())
+        expected = (
+            pool.select("uid", "entry_ids", *params.margin_values)
+            .mapInArrow(
+                partial(
+                    _expected_partition,
+                    broadcast=self.broadcast,
+                    key=self.key,
+                    with_replacement=config.with_replacement,
+                ),
+                StructType([StructField("expected", DoubleType(), False)]),
+            )
+            .agg(F.sum(F.col("expected").cast("decimal(38,18)")))
+            .first()[0]
+        )
+        counts = selected.agg(F.count("*"), F.sum("repeats")).first()
+        summary = {
+            "stage": "select",
+            "seed": config.seed,
+            "with_replacement": config.with_replacement,
+            "all_eligible": config.all_eligible,
+            "method": params.method,
+            "expected_size": float(expected or 0.0),
+            "selected": int(counts[0]),
+            "total_repeats": int(counts[1] or 0),
+            "seconds": self.seconds(),
+        }
+        if summary["selected"] == 0:
+            summary["warning"] = empty_selection_warning(summary["expected_size"])
+            log.warning("select: %s", summary["warning"])
+        return summary
+
+    def log_done(self, summary: dict) -> None:
+        log.info(
+            "select: %d selected (expected %.1f) -> %s",
+            summary["selected"],
+            summary["expected_size"],
+            self.output,
+        )
+
+    @classmethod
+    def describe(cls, result: StageResult) -> str:
+        s = result.summary
         return "\n".join(
             [
                 f"select: {s['selected']:,} samples selected (expected {s['expected_size']:,.1f}), "
                 f"{s['total_repeats']:,} with repeats, seed {s['seed']}"
-                + (" (up to date, skipped)" if self.skipped else ""),
-                f"  selected   {storage.join(self.output, 'selected')}",
-                f"  subset     {storage.join(self.output, 'subset.npy')}",
+                + (" (up to date, skipped)" if result.skipped else ""),
+                f"  selected   {storage.join(result.output, 'selected')}",
+                f"  subset     {storage.join(result.output, 'subset.npy')}",
             ]
+            + ([f"  WARNING    {s['warning']}"] if s.get("warning") else [])
             + ([f"  WARNING    {s['warning']}"] if s.get("warning") else [])
         )
 
 
-def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -> SelectResult:
+def run_select(spark: SparkSession, config: SelectConfig, force: bool = False) -> StageResult:
     """Select from the matched pool with the balance stage's parameters."""
-    if not (config.input and config.weights and config.output):
-        raise ValueError("select needs --input (matched), --weights (balance output) and --output")
-    if not 0 <= config.seed < 2**64:
-        raise ValueError(f"--seed {config.seed}: the seed must lie in [0, 2**64)")
-    storage.require_complete(config.input, "matched pool")
-    storage.require_complete(config.weights, "balance output")
-    params = ScoreParams.from_json(
-        storage.read_bytes(storage.join(config.weights, "params.json")).decode()
-    )
-    if config.with_replacement and config.all_eligible:
-        raise ValueError("--all-eligible keeps every sample once; it excludes --with-replacement")
-    if config.with_replacement and params.repeat_scale is None:
-        raise ValueError(
-            f"{config.weights}: these weights were solved without replacement; rerun balance with "
-            "--with-replacement and a target size to draw repeats"
-        )
-    manifest = storage.make_manifest(
-        "select",
-        {
-            "seed": config.seed,
-            "with_replacement": config.with_replacement,
-            "all_eligible": config.all_eligible,
-        },
-        {"matched": config.input, "weights": config.weights},
-    )
-    if not force and storage.is_up_to_date(config.output, manifest):
-        log.info("select: %s is up to date; skipped", config.output)
-        return SelectResult(
-            config.output, storage.read_json(storage.join(config.output, "summary.json")), True
-        )
-    started = time.perf_counter()
-    pool = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
-    broadcast, key = broadcast_params(spark, params)
-    try:
-        with storage.atomic_directory(config.output, manifest) as tmp:
-            selected_url = storage.join(tmp, "selected")
-            selection = select_pool(
-                pool, broadcast, key, config.seed, config.with_replacement, config.all_eligible
-            )
-            selection.write.parquet(storage.spark_url(selected_url))
-            selected = spark.read.parquet(storage.spark_url(selected_url))
-            halves = subset_halves(selected)
-            buffer = io.BytesIO()
-            np.save(buffer, sorted_subset(halves), allow_pickle=False)
-            storage.write_bytes(storage.join(tmp, "subset.npy"), buffer.getvalue())
-            expected = (
-                pool.select("uid", "entry_ids", *params.margin_values)
-                .mapInArrow(
-                    partial(
-                        _expected_partition,
-                        broadcast=broadcast,
-                        key=key,
-                        with_replacement=config.with_replacement,
-                    ),
-                    StructType([StructField("expected", DoubleType(), False)]),
-                )
-                .agg(F.sum(F.col("expected").cast("decimal(38,18)")))
-                .first()[0]
-            )
-            counts = selected.agg(F.count("*"), F.sum("repeats")).first()
-            summary = {
-                "stage": "select",
-                "seed": config.seed,
-                "with_replacement": config.with_replacement,
-                "all_eligible": config.all_eligible,
-                "method": params.method,
-                "expected_size": float(expected or 0.0),
-                "selected": int(counts[0]),
-                "total_repeats": int(counts[1] or 0),
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-            if summary["selected"] == 0:
-                summary["warning"] = empty_selection_warning(summary["expected_size"])
-                log.warning("select: %s", summary["warning"])
-            storage.write_json(storage.join(tmp, "summary.json"), summary)
-    finally:
-        broadcast.unpersist()
-    log.info(
-        "select: %d selected (expected %.1f) -> %s",
-        summary["selected"],
-        summary["expected_size"],
-        config.output,
-    )
-    return SelectResult(config.output, summary)
+    return SelectStage(config, spark).run(force)
 
 
-def _run(config: SelectConfig, spark: SparkSession, force: bool) -> SelectResult:
-    return run_select(spark, config, force)
-
-
-COMMAND = Command(
-    name="select",
-    help="select samples deterministically (hash of uid and seed) from the balanced probabilities",
-    config_cls=SelectConfig,
-    section="select",
-    run=_run,
-)
+STAGE = SelectStage

@@ -1,0 +1,177 @@
+"""Check that two versions of the code write byte-identical data files on a demo-size run.
+
+    # with the old code first on PYTHONPATH, then with the new code:
+    PYTHONPATH=/old python bench/identical_outputs.py run  --dir /tmp/before --out before.json
+    PYTHONPATH=/new python bench/identical_outputs.py run  --dir /tmp/after  --out after.json
+    python bench/identical_outputs.py compare before.json after.json
+
+``run`` writes a small metadata list with the ``metadata`` stage, then runs ``curate run`` on a
+20,000-row demo pool (demo-pool, match, count with a margin, balance by rake to a target size,
+select, download from a loopback image server, report), then a second balance (metaclip,
+with replacement) and select on the same matched pool, and a ``reshard`` of the downloaded shards.
+It records the SHA-256 of every data file (Parquet parts, ``.npy``, tar shards, metadata lists,
+``sizes.json``) per stage directory. Spark names its part files with a random id, so a
+directory's Parquet parts are compared as a sorted list of content hashes. Manifests, summaries
+and stats are left out: they hold timings and, after an upgrade, may gain fields.
+
+``compare`` exits 1 and lists every directory whose data differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SKIP = {"_manifest.json", "_SUCCESS", "summary.json", "_stats.json", "_run.json", "index.html"}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_hashes(root: Path) -> dict[str, list[str]]:
+    """Per directory below ``root`` (relative), the sorted content hashes of its data files."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name in SKIP or path.name.startswith((".", "_SUCCESS")):
+            continue
+        if path.suffix == ".crc" or ".tmp-" in str(path) or "/_work/" in str(path):
+            continue
+        rel = path.relative_to(root)
+        key = str(rel.parent) if path.name.startswith("part-") else str(rel)
+        out.setdefault(key, []).append(_sha(path))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _curate(*argv: str) -> None:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "curation.cli", *argv], check=True)
+    print(f"  {argv[0]} done in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def run(directory: Path, rows: int) -> dict[str, list[str]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file = directory / "image-server.port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "curation.shards.demo_server", "--port-file", str(port_file)]
+    )
+    try:
+        for _ in range(100):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            time.sleep(0.1)
+        port = port_file.read_text().strip()
+        extra = directory / "extra.txt"
+        extra.write_text("photo\nwater\nred car\n")
+        _curate(
+            "metadata",
+            "--output",
+            str(directory / "meta-built" / "metadata.json"),
+            "--extra",
+            str(extra),
+        )
+        run_dir = directory / "run"
+        config = directory / "run.yaml"
+        config.write_text(
+            f"run:\n  dir: {run_dir}\n"
+            "  stages: [demo-pool, match, count, balance, select, download, report]\n"
+            f"spark: {{master: 'local[2]'}}\n"
+            f"demo:\n  rows: {rows}\n  files: 4\n  url_prefix: http://127.0.0.1:{port}/images/\n"
+            "count:\n  margins: [source]\n"
+            f"balance:\n  method: rake\n  target_size: {rows // 10}\n"
+            "select:\n  seed: 3\n"
+            "download:\n  image_size: 32\n  samples_per_shard: 300\n  timeout: 5\n"
+            "  thread_count: 8\n  download_shard_size: 1000\n"
+        )
+        _curate("run", "--config", str(config))
+        _curate(
+            "balance",
+            "--master",
+            "local[2]",
+            "--input",
+            f"{run_dir}/matched",
+            "--counts",
+            f"{run_dir}/counts",
+            "--output",
+            f"{run_dir}/balance-metaclip",
+            "--method",
+            "metaclip",
+            "--target-fraction",
+            "0.3",
+            "--with-replacement",
+        )
+        _curate(
+            "select",
+            "--master",
+            "local[2]",
+            "--input",
+            f"{run_dir}/matched",
+            "--weights",
+            f"{run_dir}/balance-metaclip",
+            "--output",
+            f"{run_dir}/selected-metaclip",
+            "--with-replacement",
+            "--seed",
+            "5",
+        )
+        _curate(
+            "reshard",
+            "--master",
+            "local[2]",
+            "--input",
+            f"{run_dir}/shards",
+            "--selected",
+            f"{run_dir}/selected",
+            "--output",
+            f"{directory}/resharded",
+            "--samples-per-shard",
+            "250",
+            "--shuffle",
+            "--seed",
+            "7",
+        )
+    finally:
+        server.terminate()
+        server.wait()
+    return data_hashes(directory)
+
+
+def compare(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--dir", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--rows", type=int, default=20_000)
+    c = sub.add_parser("compare")
+    c.add_argument("a")
+    c.add_argument("b")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        hashes = run(Path(args.dir), args.rows)
+        Path(args.out).write_text(json.dumps(hashes, indent=1) + "\n")
+        print(f"{sum(len(v) for v in hashes.values())} data files in {len(hashes)} places")
+        return 0
+    a = json.loads(Path(args.a).read_text())
+    b = json.loads(Path(args.b).read_text())
+    differ = compare(a, b)
+    for k in differ:
+        print(f"differs: {k}")
+    print(f"{len(set(a) | set(b)) - len(differ)} identical, {len(differ)} different")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

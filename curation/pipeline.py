@@ -1,0 +1,163 @@
+"""The pipeline's stages, in order, and which stage feeds which: the one registry.
+
+``curate`` (:mod:`curation.cli`) builds its subcommands from it, ``curate run`` takes from it the
+stage order and the paths a stage reads when its config section leaves them empty, and the report
+(:mod:`curation.report`) orders the outputs it finds by it. A stage is implemented by the
+``STAGE`` class of its module (a :class:`curation.stages.base.Stage`); this module only names it,
+so that importing the registry imports no stage.
+
+A *feed* says where a path option of a stage comes from in a run directory: a stage name (that
+stage's output directory), ``@pool`` (``run.pool``) or ``@run`` (the run directory itself). A feed
+lists alternatives, first non-empty wins. A feed from an *optional* stage (one that ``curate run``
+does not run by default: ``demo-pool``, ``metadata``) applies only when that stage is part of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage of the pipeline."""
+
+    name: str  # the subcommand: curate <name>
+    module: str  # where its STAGE class lives
+    section: str  # its config-file section
+    directory: str  # its output below run.dir ("" when it has no fixed one)
+    lineage: str  # the name under which its output appears in later manifests' lineage
+    what: str  # what its output is, for messages
+    default: bool = False  # run by `curate run` when run.stages is not given
+    when_configured: bool = False  # ... or, if not default, when its config section is present
+    feeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+STAGES: tuple[StageInfo, ...] = (
+    StageInfo("demo-pool", "curation.stages.demo_pool", "demo", "pool", "pool", "demo pool"),
+    StageInfo(
+        "metadata",
+        "curation.stages.metadata",
+        "metadata",
+        "metadata.json",
+        "metadata",
+        "metadata list",
+    ),
+    StageInfo(
+        "match",
+        "curation.stages.match",
+        "match",
+        "matched",
+        "matched",
+        "matched pool",
+        default=True,
+        feeds={"input": ("@pool", "demo-pool"), "metadata": ("metadata",)},
+    ),
+    StageInfo(
+        "count",
+        "curation.stages.count",
+        "count",
+        "counts",
+        "counts",
+        "counts",
+        default=True,
+        feeds={"input": ("match",)},
+    ),
+    StageInfo(
+        "balance",
+        "curation.stages.balance",
+        "balance",
+        "balance",
+        "balance",
+        "balance output",
+        default=True,
+        feeds={"input": ("match",), "counts": ("count",)},
+    ),
+    StageInfo(
+        "select",
+        "curation.stages.select",
+        "select",
+        "selected",
+        "selected",
+        "selection",
+        default=True,
+        feeds={"input": ("match",), "weights": ("balance",)},
+    ),
+    StageInfo(
+        "download",
+        "curation.stages.download",
+        "download",
+        "shards",
+        "shards",
+        "shard set",
+        when_configured=True,
+        feeds={"input": ("select",)},
+    ),
+    StageInfo(
+        "reshard",
+        "curation.stages.reshard",
+        "reshard",
+        "shards",
+        "shards",
+        "shard set",
+        when_configured=True,
+        feeds={"selected": ("select",)},
+    ),
+    StageInfo(
+        "report",
+        "curation.stages.report",
+        "report",
+        "report",
+        "report",
+        "report",
+        when_configured=True,
+        feeds={"run": ("@run",)},
+    ),
+)
+
+BY_NAME = {s.name: s for s in STAGES}
+#: Stage names in pipeline order.
+ORDER = tuple(s.name for s in STAGES)
+#: The order the report lists stage outputs in.
+STAGE_ORDER = ORDER
+#: Config-file sections, by stage.
+SECTIONS = {s.name: s.section for s in STAGES}
+DEFAULT_STAGES = tuple(s.name for s in STAGES if s.default)
+WHEN_CONFIGURED = tuple(s.name for s in STAGES if s.when_configured)
+#: Stages that write a shard set (a run configures at most one of them).
+SHARD_STAGES = ("download", "reshard")
+#: Lineage names in pipeline order (the order in which a lineage check compares them).
+LINEAGE_ORDER = tuple(dict.fromkeys(s.lineage for s in STAGES))
+LINEAGE_WHAT = {s.lineage: s.what for s in STAGES}
+
+
+def stage_info(name: str) -> StageInfo:
+    """The registry entry of stage ``name``; an unknown name is a ``KeyError`` naming the stages."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; stages are {', '.join(ORDER)}") from None
+
+
+def default_paths(name: str, run_dir: str, pool: str, in_run: set[str]) -> dict[str, str]:
+    """The paths stage ``name`` reads and writes in the run directory ``run_dir``.
+
+    ``in_run`` holds the stages of this run up to and including ``name``; feeds from optional
+    stages not among them are left out.
+    """
+    d = run_dir.rstrip("/")
+    info = stage_info(name)
+    paths = {"output": f"{d}/{info.directory}"} if name != "report" else {}
+    for option, sources in info.feeds.items():
+        for source in sources:
+            if source == "@pool":
+                value = pool
+            elif source == "@run":
+                value = d
+            else:
+                upstream = stage_info(source)
+                usable = upstream.default or source in in_run
+                value = f"{d}/{upstream.directory}" if usable else ""
+            if value:
+                paths[option] = value
+                break
+    return paths
