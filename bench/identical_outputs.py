@@ -5,6 +5,10 @@
     PYTHONPATH=/new python bench/identical_outputs.py run  --dir /tmp/after  --out after.json
     python bench/identical_outputs.py compare before.json after.json
 
+Both runs must use the same ``--dir`` (the rejects table records each input file's path) and the
+same ``--port`` (the demo pool's URLs hold it): move the first run's directory away, or delete it,
+before the second.
+
 ``run`` writes a small metadata list with the ``metadata`` stage, then runs ``curate run`` on a
 20,000-row demo pool (demo-pool, match, count with a margin, balance by rake to a target size,
 select, download from a loopback image server, report), then a second balance (metaclip,
@@ -28,7 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-SKIP = {"_manifest.json", "_SUCCESS", "summary.json", "_stats.json", "_run.json", "index.html"}
+# Not data: timings, paths, the config and the server's port.
+SKIP = {
+    "_manifest.json",
+    "_SUCCESS",
+    "summary.json",
+    "_summary.json",
+    "_stats.json",
+    "_run.json",
+    "index.html",
+    "image-server.port",
+    "run.yaml",
+}
 
 
 def _sha(path: Path) -> str:
@@ -39,7 +54,7 @@ def data_hashes(root: Path) -> dict[str, list[str]]:
     """Per directory below ``root`` (relative), the sorted content hashes of its data files."""
     out: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name in SKIP or path.name.startswith((".", "_SUCCESS")):
+        if not path.is_file() or path.name in SKIP or path.name.endswith(".summary.json"):
             continue
         if path.suffix == ".crc" or ".tmp-" in str(path) or "/_work/" in str(path):
             continue
@@ -55,11 +70,19 @@ def _curate(*argv: str) -> None:
     print(f"  {argv[0]} done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def run(directory: Path, rows: int) -> dict[str, list[str]]:
+def run(directory: Path, rows: int, port: int) -> dict[str, list[str]]:
     directory.mkdir(parents=True, exist_ok=True)
     port_file = directory / "image-server.port"
     server = subprocess.Popen(
-        [sys.executable, "-m", "curation.shards.demo_server", "--port-file", str(port_file)]
+        [
+            sys.executable,
+            "-m",
+            "curation.shards.demo_server",
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+        ]
     )
     try:
         for _ in range(100):
@@ -153,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dir", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--rows", type=int, default=20_000)
+    r.add_argument("--port", type=int, default=18791, help="image server port (URLs hold it)")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        hashes = run(Path(args.dir), args.rows)
+        hashes = run(Path(args.dir), args.rows, args.port)
         Path(args.out).write_text(json.dumps(hashes, indent=1) + "\n")
         print(f"{sum(len(v) for v in hashes.values())} data files in {len(hashes)} places")
         return 0
