@@ -22,7 +22,13 @@ import pytest
 
 from curation.shards.keys import member_name, sample_key, sanitize_key, split_member_name
 from curation.shards.layout import read_selection, validate_selection
-from curation.shards.plan import Candidate, plan_in_memory, shuffle_key, weight_scale
+from curation.shards.plan import (
+    Candidate,
+    check_unique_keys,
+    plan_in_memory,
+    shuffle_key,
+    weight_scale,
+)
 from curation.shards.tario import ScanCounts, TarWriter, iter_samples, scan_tar
 from curation.shards.verify import verify_shard_set
 from curation.stages.reshard import ReshardConfig, run_reshard
@@ -53,6 +59,28 @@ def test_safe_uids_are_their_own_keys_and_others_are_sanitised_uniquely():
     assert sanitize_key("a.b") != sanitize_key("a/b")
     with pytest.raises(ValueError):
         sanitize_key("")
+
+
+def test_a_uid_spelled_like_a_sanitised_key_keeps_its_own_sample():
+    """``a.b`` sanitises to ``a_b_<16 hex>``; a uid spelled exactly like that used to pass
+    unchanged, so two samples shared one key and webdataset merged them."""
+    sanitised = sanitize_key("a.b")
+    assert sanitised.startswith("a_b_") and len(sanitised) == len("a_b_") + 16
+    lookalike = sanitised
+    assert sanitize_key(lookalike) != sanitised
+    assert sanitize_key(lookalike).startswith(sanitised + "_")
+    check_unique_keys(["a.b", lookalike, "0123abcdef" * 3, "plain_key"])
+    assert sanitize_key("plain_key") == "plain_key"  # an ordinary safe uid is still its own key
+    assert sanitize_key("x_0123456789ABCDEF") == "x_0123456789ABCDEF"  # not lower-case hex
+    # Planned in one shard set, the two are two samples with two keys.
+    candidates = [
+        Candidate(0, n, f"k{n}", uid, ["jpg"], [0], [1], None)
+        for n, uid in enumerate(["a.b", lookalike])
+    ]
+    selection = {u: {"caption": u, "repeats": 1, "weight": 1.0} for u in ("a.b", lookalike)}
+    shards, _ = plan_in_memory(candidates, selection, 10, False, 0)
+    keys = [s.key for s in shards[0]]
+    assert len(keys) == 2 and len(set(keys)) == 2
 
 
 def test_repeat_keys_and_member_names():

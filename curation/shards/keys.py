@@ -6,11 +6,16 @@ name is a path, so a key must never contain a separator or ``..``. Uids come fro
 (a pool's own ids, DataComp's hex digests, URLs hashed or not), so they are *sanitised* rather than
 trusted:
 
-- a uid made only of ``[A-Za-z0-9_]`` and at most :data:`MAX_KEY_CHARS` long is its own key (the
-  common case: hex digests pass unchanged);
+- a uid made only of ``[A-Za-z0-9_]``, at most :data:`MAX_KEY_CHARS` long and not ending like a
+  sanitised key (``_`` and 16 lower-case hex digits) is its own key (the common case: hex digests
+  pass unchanged);
 - anything else keeps its safe characters (others become ``_``, truncated) and gets ``_`` plus 16
-  hex digits of the SHA-256 of the uid appended, so two different uids cannot end up with the same
-  key by sanitising.
+  hex digits of the SHA-256 of the uid appended.
+
+So the two kinds of keys never meet: a key kept as it is never ends like a sanitised one, and a
+sanitised key always does. ``a.b`` becomes ``a_b_<16 hex>``; a uid spelled exactly ``a_b_<16 hex>``
+is sanitised in turn (to ``a_b_<16 hex>_<16 other hex>``) rather than kept, so the two stay two
+samples. Two sanitised keys are equal only if both the stems and 64 bits of SHA-256 are equal.
 
 ``-`` is reserved for repeats: the ``j``-th copy of a sample selected ``r > 1`` times is
 ``{key}-{j}`` (``j`` from 0), which can never collide with a sanitised key because sanitised keys
@@ -24,6 +29,7 @@ import re
 
 MAX_KEY_CHARS = 96
 _SAFE = re.compile(r"[A-Za-z0-9_]+")
+_HASH_SUFFIX = re.compile(r"_[0-9a-f]{16}")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_]")
 _EXT = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
 
@@ -32,7 +38,7 @@ def sanitize_key(uid: str) -> str:
     """The tar key of ``uid``: itself when already safe, else a safe form with a hash suffix."""
     if not isinstance(uid, str) or uid == "":
         raise ValueError(f"a sample uid must be a non-empty string, got {uid!r}")
-    if len(uid) <= MAX_KEY_CHARS and _SAFE.fullmatch(uid):
+    if len(uid) <= MAX_KEY_CHARS and _SAFE.fullmatch(uid) and not _HASH_SUFFIX.fullmatch(uid[-17:]):
         return uid
     digest = hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     stem = _UNSAFE_CHAR.sub("_", uid)[: MAX_KEY_CHARS - 17]

@@ -5,7 +5,7 @@ decided by an *order key* that depends only on the sample, never on how the work
 
 - shuffled: ``shuffle_key(seed, uid, j)``, the first 16 hex digits of
   ``sha256(f"{seed}\\0{uid}\\0{j}")``, ties broken by (uid, j). Any tool can recompute it;
-  :mod:`curation.stages.reshard` computes the same value with Spark's ``sha2``;
+  :mod:`curation.shards.engine` computes the same value with Spark's ``sha2``;
 - not shuffled: (input shard index, position in that shard, j), i.e. input order.
 
 Sorting by the order key gives every sample a rank; output shard ``rank // K`` holds it, at
@@ -172,6 +172,7 @@ def plan_in_memory(
     for c in sorted(candidates, key=lambda c: (c.src, c.seq)):
         if c.uid in selection and c.uid not in first:
             first[c.uid] = c
+    check_unique_keys(list(first))
     expanded = []
     for uid, c in first.items():
         row = selection[uid]
@@ -215,8 +216,9 @@ def plan_in_memory(
 
 
 def check_unique_keys(uids: Sequence[str]) -> None:
-    """Refuse a selection in which two uids sanitise to the same key (never for distinct safe
-    uids; a guard against a hash-suffix collision)."""
+    """Refuse uids of which two sanitise to the same key. :func:`sanitize_key` makes this
+    impossible short of a 64-bit SHA-256 prefix collision; the in-memory planner checks it
+    anyway (the Spark plan relies on the construction, as collecting every key would not scale)."""
     seen: dict[str, str] = {}
     for uid in uids:
         key = sanitize_key(uid)
