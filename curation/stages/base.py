@@ -206,8 +206,7 @@ class Stage:
                 continue
             producers = f.metadata["producers"]
             if producers and not f.metadata["external"]:
-                what = " or ".join(stage_info(p).what for p in producers)
-                storage.require_complete(url, f"{what} (output of {'/'.join(producers)})")
+                storage.require_complete(url, " or ".join(stage_info(p).what for p in producers))
             identities[flag(f.name)] = (url, input_identity(url, producers, flag(f.name)))
         check_lineage(self.name, identities, self.lineage_keys)
         self.lineage = merge_lineage(identity for _, identity in identities.values())
