@@ -13,10 +13,10 @@ before the second.
 20,000-row demo pool (demo-pool, match, count with a margin, balance by rake to a target size,
 select, download from a loopback image server, report), then a second balance (metaclip,
 with replacement) and select on the same matched pool, and a ``reshard`` of the downloaded shards.
-It records the SHA-256 of every data file (Parquet parts, ``.npy``, tar shards, metadata lists,
-``sizes.json``) per stage directory. Spark names its part files with a random id, so a
-directory's Parquet parts are compared as a sorted list of content hashes. Manifests, summaries
-and stats are left out: they hold timings and, after an upgrade, may gain fields.
+It records the SHA-256 of every data file (``.npy``, ``params.json``, metadata lists,
+``sizes.json``), of every row of the Parquet files and of every member of the tar shards, per
+directory (see :func:`data_hashes` for why rows and members rather than bytes). Manifests,
+summaries and stats are left out: they hold timings and, after an upgrade, may gain fields.
 
 ``compare`` exits 1 and lists every directory whose data differ.
 """
@@ -40,27 +40,66 @@ SKIP = {
     "_summary.json",
     "_stats.json",
     "_run.json",
+    "diagnostics.json",  # holds the solver's time
     "index.html",
     "image-server.port",
     "run.yaml",
 }
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# Where a sample came from in the input shards: download's raw shards hold samples in
+# img2dataset's completion order (its download threads), which varies from run to run.
+PROVENANCE = ("source", "source_shard", "source_key")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parquet_rows(path: Path) -> list[str]:
+    """Row hashes of a Parquet file, decoded: parquet-mr writes the footer's list of encodings in
+    an order that varies between JVM runs, so the bytes of equal files may differ."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.drop_columns([c for c in PROVENANCE if c in table.column_names])
+    return [
+        _sha(json.dumps(row, sort_keys=True, default=str).encode()) for row in table.to_pylist()
+    ]
+
+
+def _tar_members(path: Path) -> list[str]:
+    """Member hashes of a tar shard (``.json`` without the provenance fields)."""
+    import tarfile
+
+    out = []
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            if member.name.endswith(".json"):
+                meta = {k: v for k, v in json.loads(data).items() if k not in PROVENANCE}
+                data = json.dumps(meta, sort_keys=True).encode()
+            out.append(_sha(member.name.encode() + b"\0" + data))
+    return out
 
 
 def data_hashes(root: Path) -> dict[str, list[str]]:
-    """Per directory below ``root`` (relative), the sorted content hashes of its data files."""
+    """Per place below ``root``, the sorted hashes of its data: a whole file for most files; the
+    rows of the Parquet files of a directory; the members of the tar shards of a shard set (the
+    samples of a set, not their order, are compared: a download's order is not reproducible)."""
     out: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.name in SKIP or path.name.endswith(".summary.json"):
             continue
         if path.suffix == ".crc" or ".tmp-" in str(path) or "/_work/" in str(path):
             continue
-        rel = path.relative_to(root)
-        key = str(rel.parent) if path.name.startswith("part-") else str(rel)
-        out.setdefault(key, []).append(_sha(path))
+        parent = str(path.relative_to(root).parent)
+        if path.suffix == ".parquet":
+            out.setdefault(f"{parent}/*.parquet rows", []).extend(_parquet_rows(path))
+        elif path.suffix == ".tar":
+            out.setdefault(f"{parent}/*.tar members", []).extend(_tar_members(path))
+        else:
+            out.setdefault(str(path.relative_to(root)), []).append(_sha(path.read_bytes()))
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
@@ -177,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--rows", type=int, default=20_000)
     r.add_argument("--port", type=int, default=18791, help="image server port (URLs hold it)")
+    h = sub.add_parser("hash", help="the hashes of an existing run directory")
+    h.add_argument("--dir", required=True)
+    h.add_argument("--out", required=True)
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
@@ -185,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         hashes = run(Path(args.dir), args.rows, args.port)
-        Path(args.out).write_text(json.dumps(hashes, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(hashes) + "\n")
         print(f"{sum(len(v) for v in hashes.values())} data files in {len(hashes)} places")
+        return 0
+    if args.command == "hash":
+        Path(args.out).write_text(json.dumps(data_hashes(Path(args.dir))) + "\n")
         return 0
     a = json.loads(Path(args.a).read_text())
     b = json.loads(Path(args.b).read_text())
