@@ -158,7 +158,8 @@ def test_a_stage_directory_without_its_marker_is_refused(spark, tmp_path):
     for run in (
         lambda: run_count(spark, CountConfig(input=str(out), output=str(tmp_path / "c"))),
         lambda: run_balance(
-            spark, BalanceConfig(input=str(out), counts=str(out), output=str(tmp_path / "b"))
+            spark,
+            BalanceConfig(input=str(out), counts=str(out), output=str(tmp_path / "b"), cap=5),
         ),
     ):
         with pytest.raises(StageInputError, match=r"incomplete \(no _SUCCESS marker\)"):
