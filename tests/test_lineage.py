@@ -150,7 +150,9 @@ def test_an_input_from_the_wrong_stage_is_refused(spark, runs, tmp_path):
     with pytest.raises(LineageError, match=r"is the output of the balance stage.*--counts takes"):
         run_balance(
             spark,
-            BalanceConfig(input=a["matched"], counts=a["balance"], output=str(tmp_path / "b")),
+            BalanceConfig(
+                input=a["matched"], counts=a["balance"], output=str(tmp_path / "b"), cap=5
+            ),
         )
     with pytest.raises(LineageError, match=r"is the output of the balance stage.*--input takes"):
         run_download(spark, DownloadConfig(input=a["balance"], output=str(tmp_path / "shards")))
