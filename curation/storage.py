@@ -254,24 +254,15 @@ def _norm(url: str) -> str:
     return f"{protocol}://{path.rstrip('/')}"
 
 
+def same_place(a: str, b: str) -> bool:
+    """Whether two URLs name one place (links resolved, trailing slashes ignored)."""
+    return _norm(a) == _norm(b)
+
+
 def check_output_is_ours(url: str, inputs: list[str]) -> None:
     """Refuse an output that would destroy what the stage did not write: a regular file, a
     non-empty directory without our manifest, or a path equal to, inside or around an input."""
-    out = _norm(url)
-    for inp in inputs:
-        src = _norm(inp)
-        if out == src:
-            relation = "the same as"
-        elif out.startswith(src + "/"):
-            relation = "inside"
-        elif src.startswith(out + "/"):
-            relation = "around"
-        else:
-            continue
-        raise OutputNotOursError(
-            f"{url}: the output is {relation} the input {inp}; writing it would replace the "
-            "input. Choose another output directory"
-        )
+    check_not_overlapping(url, inputs)
     fs, path = url_to_fs(url)
     path = path.rstrip("/")
     if not fs.exists(path):
@@ -287,6 +278,25 @@ def check_output_is_ours(url: str, inputs: list[str]) -> None:
         f"{url}: exists and was not written by curate (it has no {MANIFEST}); refusing to replace "
         "it. Choose a new or empty output directory (nothing was changed)"
     )
+
+
+def check_not_overlapping(url: str, inputs: list[str]) -> None:
+    """Refuse an output path equal to, inside or around one of ``inputs``."""
+    out = _norm(url)
+    for inp in inputs:
+        src = _norm(inp)
+        if out == src:
+            relation = "the same as"
+        elif out.startswith(src + "/"):
+            relation = "inside"
+        elif src.startswith(out + "/"):
+            relation = "around"
+        else:
+            continue
+        raise OutputNotOursError(
+            f"{url}: the output is {relation} the input {inp}; writing it would replace the "
+            "input. Choose another output directory"
+        )
 
 
 def _refuse_if_in_use(fs: fsspec.AbstractFileSystem, stale: str, url: str) -> bool:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from curation import storage
+from curation.pipeline import STAGES
 from curation.storage import OutputNotOursError, atomic_directory
 
 
@@ -90,3 +93,95 @@ def test_work_areas_are_cleaned_only_when_ours_and_dead(tmp_path):
     with pytest.raises(OutputNotOursError, match="in use by another run"):
         _commit(out, payload="again")
     assert live.exists() and (out / "part.txt").read_text() == "data"
+
+
+# ------------------------------------------------------------------ every stage, end to end
+ENTRIES = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def small_run(spark, tmp_path_factory) -> dict[str, str]:
+    """A tiny real run (match, count, balance, select) and img2dataset-style input shards: valid
+    inputs for every stage, so that only the output decides what a stage does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.demo import generate_captions
+    from curation.stages.balance import BalanceConfig, run_balance
+    from curation.stages.count import CountConfig, run_count
+    from curation.stages.match import MatchConfig, run_match
+    from curation.stages.select import SelectConfig, run_select
+    from tests.servers import InputSample, uid_of, write_input_shards
+
+    root = tmp_path_factory.mktemp("safety-run")
+    (root / "meta.json").write_text(json.dumps(ENTRIES))
+    captions, _ = generate_captions(ENTRIES, 300, seed=1, exponent=1.1)
+    rows = [
+        {"uid": uid_of(i), "url": f"http://127.0.0.1:9/{i}.jpg", "caption": c}
+        for i, c in enumerate(captions)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), root / "pool.parquet")
+    (root / "corpus.txt").write_text("\n".join(c for c in captions if c) + "\n")
+    r = {k: str(root / k) for k in ("matched", "counts", "balance", "selected")}
+    r.update(root=str(root), pool=str(root / "pool.parquet"), metadata=str(root / "meta.json"))
+    run_match(spark, MatchConfig(input=r["pool"], output=r["matched"], metadata=r["metadata"]))
+    run_count(spark, CountConfig(input=r["matched"], output=r["counts"]))
+    run_balance(
+        spark, BalanceConfig(input=r["matched"], counts=r["counts"], output=r["balance"], cap=5)
+    )
+    run_select(spark, SelectConfig(input=r["matched"], weights=r["balance"], output=r["selected"]))
+    r["shards"] = str(root / "shards-in")
+    write_input_shards(r["shards"], [[InputSample(i, f"{i:09d}") for i in range(5)]])
+    return r
+
+
+def _stage_options(name: str, r: dict[str, str], out: str) -> dict:
+    """Valid options of stage ``name`` on the small run, writing to ``out``."""
+    return {
+        "demo-pool": {"output": out, "rows": 50, "files": 1},
+        "metadata": {
+            "output": out,
+            "corpus": str(Path(r["root"]) / "corpus.txt"),
+            "min_unigram_count": 2,
+        },
+        "match": {"input": r["pool"], "output": out, "metadata": r["metadata"]},
+        "count": {"input": r["matched"], "output": out},
+        "balance": {"input": r["matched"], "counts": r["counts"], "output": out, "cap": 5},
+        "select": {"input": r["matched"], "weights": r["balance"], "output": out},
+        "download": {"input": r["selected"], "output": out},
+        "reshard": {"input": r["shards"], "selected": r["selected"], "output": out},
+        "report": {"run": r["root"], "output": out},
+    }[name]
+
+
+@pytest.mark.parametrize("name", [s.name for s in STAGES])
+def test_no_stage_deletes_what_it_did_not_write(spark, small_run, tmp_path, name):
+    """Every stage of the registry, given valid inputs and an output directory holding a user's
+    files (no manifest of ours), refuses it and leaves every file as it was; a file in the place
+    of the output directory is refused too."""
+    import importlib
+
+    info = next(s for s in STAGES if s.name == name)
+    stage_cls = importlib.import_module(info.module).STAGE
+    for kind in ("directory", "file"):
+        out = tmp_path / f"{kind}-out"
+        if kind == "directory":
+            (out / "sub").mkdir(parents=True)
+            (out / "thesis.txt").write_text("years of work")
+            (out / "sub" / "data.bin").write_bytes(b"\x00\x01")
+        else:
+            out.write_text("not a directory")
+        before = sorted(
+            (p.relative_to(tmp_path), p.read_bytes() if p.is_file() else None)
+            for p in tmp_path.rglob("*")
+        )
+        config = stage_cls.options(**_stage_options(name, small_run, str(out)))
+        # refused with an error that names the output (metadata writes one file, so a directory
+        # in its place gets its own message)
+        with pytest.raises((OutputNotOursError, ValueError), match=re.escape(str(out))):
+            stage_cls(config, spark if stage_cls.needs_spark else None).run()
+        after = sorted(
+            (p.relative_to(tmp_path), p.read_bytes() if p.is_file() else None)
+            for p in tmp_path.rglob("*")
+        )
+        assert after == before, f"{name} changed files it did not write"

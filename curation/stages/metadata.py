@@ -307,11 +307,7 @@ class MetadataStage(Stage):
     def commit(self, manifest: dict) -> dict:
         config = self.config
         if not config.lang_col:
-            fs, path = storage.url_to_fs(config.output)
-            if fs.exists(path) and fs.isdir(path):
-                raise ValueError(
-                    f"--output {config.output} is a directory; give a file name such as {config.output.rstrip('/')}/metadata.json"
-                )
+            _check_single_output_is_ours(config.output, [i["url"] for i in self.inputs.values()])
         with progress.bar("metadata: candidates", unit="cand"):
             result = build_metadata(self.spark, *sources_and_rules(config))
         if config.lang_col:
@@ -349,6 +345,34 @@ class MetadataStage(Stage):
         for name, path in s["files"].items():
             lines.append(f"  {name:<10} {path}")
         return "\n".join(lines)
+
+
+def _check_single_output_is_ours(output: str, inputs: list[str]) -> None:
+    """A single list is three files (the list, its provenance and its summary, written last):
+    replace them only when the summary beside them says this stage wrote that list; refuse a
+    directory in the list's place, a file of someone else's, and an output that overlaps an
+    input (a list written into the corpus directory would join the corpus)."""
+    storage.check_not_overlapping(output, inputs)
+    fs, path = storage.url_to_fs(output)
+    if fs.exists(path) and fs.isdir(path):
+        raise storage.OutputNotOursError(
+            f"{output}: is a directory; give a file name such as "
+            f"{output.rstrip('/')}/metadata.json (nothing was changed)"
+        )
+    provenance, summary_path = sidecar_paths(output)
+    existing = [p for p in (output, provenance, summary_path) if storage.exists(p)]
+    if not existing:
+        return
+    try:
+        ours = storage.same_place(storage.read_json(summary_path)["files"]["list"], output)
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        ours = False
+    if not ours:
+        raise storage.OutputNotOursError(
+            f"{output}: {existing[0]} exists and was not written by curate metadata (no "
+            f"{summary_path} naming this list); refusing to replace it. Choose another --output "
+            "(nothing was changed)"
+        )
 
 
 def _commit_single(config: MetadataConfig, result: BuildResult) -> dict:
