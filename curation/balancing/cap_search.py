@@ -9,17 +9,20 @@ where S_keep is the size of the fixed ("kept") rows, b_j what they bring to colu
 matches the raked rows hold and k̄ = M / (Σπ − S_keep) the mean number of free columns of a raked
 row, weighted by π. At a solution the free columns meet their targets τ_j(t) = min(c_j, t) where
 they can, so a change of t moves M by the change of the target sum R(t) = Σ_{j free}
-max(0, τ_j(t) − b_j), and moves Σπ by that over k̄. The step to N is therefore
+max(0, τ_j(t) − b_j) (times the share M/R that is realised where targets cannot be met), and
+moves Σπ by that over k̄. The step to N is therefore
 
-    R(t') = R(t) + k̄ · (N − Σπ(t)),
+    R(t') = R(t) + (N − Σπ(t)) / s,    s = (M/R) / k̄,
 
-solved for t' (R is non-decreasing and piecewise linear in t, so by bisection on log t). k̄ drifts
-slowly with t, so two or three solves usually land within the tolerance. Steps are kept inside the
-bracket of evaluated sizes (log-bisection otherwise), so the search cannot diverge.
+solved for t' (R is non-decreasing and piecewise linear in t, so by bisection on log t). Once two
+solves exist, s is the secant slope dΣπ/dR between the last two (clipped to [1/(4k̄), 2/k̄]): the
+rows a change of t adds or drops hold more free columns than the average raked row. Steps are kept
+inside the bracket of evaluated sizes (log-bisection otherwise), and the search stops within the
+tolerance or when the bracket closes, so it cannot diverge.
 
-The solves of the search are rough (a few passes each, warm-started from the nearest earlier one):
-Σπ is an aggregate and settles long before the per-column KKT error does. ``rake`` then solves at
-the chosen t to full tolerance, and :func:`size_shift` meets N exactly.
+The solves of the search are rough (warm-started from the nearest earlier one, stopped once Σπ
+has settled): Σπ is an aggregate and settles long before the per-column KKT error does. ``rake``
+then solves at the chosen t to full tolerance, and :func:`size_shift` meets N exactly.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class RakeSolution:
     pi: np.ndarray | None  # per live row on the driver; None on Spark
     n: np.ndarray
     residual: np.ndarray  # n_j/τ_j − 1 on the free columns (0 elsewhere)
-    status: str  # converged | infeasible | stalled | max_passes
+    status: str  # converged | infeasible | stalled | max_passes | size_settled (rough solves)
     iterations: int
     max_rel_err: float  # max_j |n_j/τ_j − 1| over the free columns
     kkt_err: float  # max_j |n_j − τ_j| / max(τ_j, 1) over free columns not held at the box
