@@ -15,7 +15,8 @@ What it does:
    stage's layout (``signatures/``: ``entry_ids`` list<int32>, ``multiplicity`` int64), in
    ``--files`` files, with the table's facts in ``meta.json`` beside it.
 2. Runs ``rake`` on each path, each in a fresh process, on the problems of ``--problems``:
-   ``capped`` — τ_j = min(c_j, ``--cap``), infeasible on Zipf data (it ends ``stalled`` or
+   ``capped`` — τ_j = min(c_j, ``--cap``) with rake's ``l1`` objective (no fixed rows, the
+   problem the SciPy reference and earlier versions solve), infeasible on Zipf data (it ends ``stalled`` or
    ``infeasible``: there are no "iterations to tol"); ``planted`` — feasible targets
    τ = Aᵀ(m ⊙ π*) of a known π* = min(1, e^{Aλ*}), λ*_j = log min(1, cap/c_j) + N(0, 0.3²)
    (computed once on the driver and cached beside the data): iterations to ``--tol``; and, with
@@ -206,7 +207,9 @@ def run_path(args: argparse.Namespace, directory: Path, meta: dict) -> dict:
     wanted = [p.strip() for p in args.problems.split(",") if p.strip()]
     problems = []
     if "capped" in wanted:
-        problems.append(("capped", {"t": args.cap}))
+        # the plain capped calibration (no fixed rows): the problem every solver path, SciPy's
+        # L-BFGS-B and the previous GIS iteration solve alike
+        problems.append(("capped", {"t": args.cap, "objective": "l1"}))
     if "planted" in wanted:
         tau = np.load(planted_targets(args, directory, meta))
         problems.append(("planted", {"entry_targets": tau}))
