@@ -353,10 +353,6 @@ def from_mapping(
     return obj
 
 
-def to_mapping(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

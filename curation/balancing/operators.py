@@ -10,8 +10,10 @@ unchanged on
   those of the original driver implementation), or
 * :class:`~curation.balancing.spark_operator.SparkOperator` — the table as cached per-partition
   NumPy blocks on Spark executors; each primitive is one Spark job: the parameter vectors are
-  broadcast, each partition computes its partial per-column sums with ``np.bincount`` and the
-  partials are combined in partition order (no shuffle of the data, no collect of rows).
+  broadcast, each partition computes its partial per-column sums as exact binned sums
+  (:mod:`.blocks`, independent of the order of their terms) and the partials are merged in
+  partition order (no shuffle of the data, no collect of rows), so any partitioning gives the
+  same bits as :class:`~.blocks.MemoryBlockOperator` on the driver.
 
 Three levels, with the table's rows r (multiplicity m_r), entry ids S_r and margin codes x_r:
 

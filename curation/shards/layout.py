@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.shards.plan import shard_name
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +219,3 @@ def commit_output(url: str, sizes: dict[str, int], stats: dict[str, Any], keep_w
     if not keep_work and fs.exists(work):
         fs.rm(work, recursive=True)
     fs.touch(storage.join(path, storage.SUCCESS))
-
-
-def expected_sizes(shard_counts: Sequence[int]) -> dict[str, int]:
-    n = len(shard_counts)
-    return {f"{shard_name(i, n)}.tar": int(c) for i, c in enumerate(shard_counts)}
