@@ -400,23 +400,8 @@ def _plan_and_write(
     joined = firsts.join(sel, "uid", "inner")
     expanded = joined.withColumn("j", F.explode(F.sequence(F.lit(0), F.col("repeats") - 1)))
     sc.setJobDescription("reshard: plan")
-    ordered = expanded.orderBy(*order_columns(shuffle, seed)).select(
-        "uid",
-        "j",
-        "repeats",
-        "src",
-        "seq",
-        "key",
-        "exts",
-        "offsets",
-        "sizes",
-        "meta_json",
-        "caption",
-        "url",
-        "weight",
-        "inclusion_prob",
-        "entry_ids",
-    )
+    # the plan rows the writer takes (the sort keys src, seq, j have placed them already)
+    ordered = expanded.orderBy(*order_columns(shuffle, seed)).select(*PLAN_COLUMNS)
     ordered = ordered.persist()
     try:
         first_copy = F.col("j") == 0
