@@ -321,6 +321,8 @@ def scipy_reference(
 def _scipy_solve(prob, counts: np.ndarray, tau: np.ndarray, args: argparse.Namespace) -> dict:
     from scipy.optimize import minimize
 
+    from curation.balancing.dual_solver import kkt_errors
+
     bound = 10.0
     fidx = np.flatnonzero((tau > 0) & (counts > 0))
     tau_f, scale = tau[fidx], np.sqrt(np.maximum(tau[fidx], 1.0))
@@ -331,12 +333,8 @@ def _scipy_solve(prob, counts: np.ndarray, tau: np.ndarray, args: argparse.Names
         lam[fidx] = z / scale
         point = prob.point(lam)
         n_f = point.n()[fidx]
-        rel = n_f / tau_f - 1.0
         lf = lam[fidx]
-        at_top, at_bottom = lf >= bound * (1 - 1e-12), lf <= -bound * (1 - 1e-12)
-        held = (at_top & (rel < 0)) | (at_bottom & (rel > 0))
-        err = np.abs(n_f - tau_f) / np.maximum(tau_f, 1.0)  # the solver's KKT measure
-        trace.append(float(np.where(held, 0.0, err).max(initial=0.0)))
+        trace.append(float(kkt_errors(n_f, tau_f, lf, bound).max(initial=0.0)))
         return point.sum_phi() - float(tau_f @ lf), (n_f - tau_f) / scale
 
     z0 = np.clip(np.log(np.minimum(tau_f / counts[fidx], 1.0)), -bound, bound) * scale
