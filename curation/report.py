@@ -934,6 +934,11 @@ class _BalanceRun:
             "expected_size", (self.diag.get("inclusion") or {}).get("expected_size")
         )
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """The solver's info (summary first, then diagnostics)."""
+        return self.summary.get("info") or self.diag.get("info") or {}
+
 
 def _tail_kept(entries: dict[str, Any]) -> str:
     kept, tail = entries.get("tail_entries_fully_kept"), entries.get("tail_entries")
@@ -962,7 +967,7 @@ def _section_balance(b: _Builder) -> list[_BalanceRun]:
     summaries = []
     for r in runs:
         s, d = r.summary, r.diag
-        info = s.get("info") or d.get("info") or {}
+        info = r.info
         pool = d.get("pool") or {}
         body.append(f'<h3 id="balance-{_e(r.out.name)}">{_e(r.label)}</h3>')
         iterations = info.get("iterations")
@@ -1196,7 +1201,7 @@ def _section_comparison(b: _Builder, runs: list[_BalanceRun]) -> None:
     points: list[tuple[str, dict[str, Any], bool]] = []
     baselines: set[float] = set()
     for r in runs:
-        ref = (r.summary.get("info") or r.diag.get("info") or {}).get("vs_metaclip")
+        ref = r.info.get("vs_metaclip")
         if not ref:
             continue
         size = round(float(ref["expected_size"]), 3)
