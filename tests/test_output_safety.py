@@ -103,29 +103,23 @@ ENTRIES = [f"w{i}" for i in range(40)]
 def small_run(spark, tmp_path_factory) -> dict[str, str]:
     """A tiny real run (match, count, balance, select) and img2dataset-style input shards: valid
     inputs for every stage, so that only the output decides what a stage does."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from curation.demo import generate_captions
     from curation.stages.balance import BalanceConfig, run_balance
-    from curation.stages.count import CountConfig, run_count
-    from curation.stages.match import MatchConfig, run_match
     from curation.stages.select import SelectConfig, run_select
+    from tests.pipeline import match_and_count
     from tests.servers import InputSample, uid_of, write_input_shards
 
     root = tmp_path_factory.mktemp("safety-run")
-    (root / "meta.json").write_text(json.dumps(ENTRIES))
     captions, _ = generate_captions(ENTRIES, 300, seed=1, exponent=1.1)
     rows = [
         {"uid": uid_of(i), "url": f"http://127.0.0.1:9/{i}.jpg", "caption": c}
         for i, c in enumerate(captions)
     ]
-    pq.write_table(pa.Table.from_pylist(rows), root / "pool.parquet")
+    matched, counts = match_and_count(spark, root, rows, ENTRIES, margins=())
     (root / "corpus.txt").write_text("\n".join(c for c in captions if c) + "\n")
-    r = {k: str(root / k) for k in ("matched", "counts", "balance", "selected")}
+    r = {"matched": matched, "counts": counts.output}
     r.update(root=str(root), pool=str(root / "pool.parquet"), metadata=str(root / "meta.json"))
-    run_match(spark, MatchConfig(input=r["pool"], output=r["matched"], metadata=r["metadata"]))
-    run_count(spark, CountConfig(input=r["matched"], output=r["counts"]))
+    r.update(balance=str(root / "balance"), selected=str(root / "selected"))
     run_balance(
         spark, BalanceConfig(input=r["matched"], counts=r["counts"], output=r["balance"], cap=5)
     )
