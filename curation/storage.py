@@ -205,7 +205,7 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
     # written whole or not at all (temporary name, then a rename), so a run that reads it never
     # takes a half-written owner file for a dead run's
     write_bytes(
-        protocol + join(tmp, OWNER) if protocol else join(tmp, OWNER),
+        protocol + join(tmp, OWNER),
         json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(),
     )
     try:
@@ -214,7 +214,7 @@ def atomic_directory(url: str, manifest: dict[str, Any]) -> Iterator[str]:
         for other in fs.glob(f"{path}.tmp-*"):
             if other.rstrip("/") != tmp:
                 _refuse_if_in_use(fs, other, url)
-        yield protocol + tmp if protocol else tmp
+        yield protocol + tmp
         with fs.open(join(tmp, MANIFEST), "wb") as f:
             f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
         old = None
