@@ -32,7 +32,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CapSearch", "SizeEvaluation", "size_shift"]
+from .warm_solves import WarmSolver
+
+__all__ = ["CapSearch", "SizeEvaluation", "search_head_cap", "size_shift"]
+
+#: The rough solves: KKT tolerance, pass budget, and the early stop once Σπ has settled (moved
+#: < 0.5 % over 4 iterations). Σπ is an aggregate and settles long before the per-column KKT
+#: error does; a solve stopped by a pass count alone, before Σπ settled, gave sizes off by
+#: 10-90 % on multi-label tables and misled the search.
+SEARCH_TOL = 5e-2
+SEARCH_PASSES = 50
+SEARCH_SETTLE = 5e-3
+#: The search stops within this relative distance of N; the final shift ν meets N exactly.
+SEARCH_RTOL = 5e-3
 
 
 def size_shift(size_fn: Callable[[float], float], n_target: float) -> float:
@@ -166,3 +178,46 @@ class CapSearch:
                 break
             t = t_new
         return min(self.evaluations, key=lambda tt: abs(self.evaluations[tt].size - n_target))
+
+
+def search_head_cap(
+    solver: WarmSolver,
+    targets_at: Callable[[float], np.ndarray],
+    target_size: float,
+    n_eligible: float,
+    tol: float,
+    max_passes: int,
+    max_evals: int,
+) -> float:
+    """The cap t with Σπ(t) ≈ N (:class:`~.cap_search.CapSearch`), by rough warm-started solves."""
+    free = solver.free
+    base = solver.base()
+    counts_free = solver.counts[free]
+    base_free = base[free]
+    t_max = float(solver.counts.max())
+
+    def target_sum(tt: float) -> float:
+        return float(np.maximum(targets_at(tt)[free] - base_free, 0.0).sum())
+
+    def evaluate(tt: float) -> SizeEvaluation:
+        # far from N a rough solve places t well enough; closer, the solve must be accurate
+        # enough that Σπ's own error (about the KKT error) stays below its distance to N
+        gap = abs(solver.log[-1]["expected_size"] / target_size - 1) if solver.log else 1.0
+        rough_tol = max(tol, min(SEARCH_TOL, gap / 2))
+        sol = solver.solve(
+            tt,
+            targets_at(tt),
+            tol=rough_tol,
+            max_passes=min(max_passes, SEARCH_PASSES),
+            size_settle=SEARCH_SETTLE,
+        )
+        return SizeEvaluation(sol.size, float((sol.n[free] - base_free).sum()))
+
+    search = CapSearch(
+        target_sum,
+        kept_size=solver.kept_size,
+        raked_rows=n_eligible - solver.kept_size,
+        t_min=float(counts_free.min()) / 100,
+        t_max=t_max,
+    )
+    return search.run(evaluate, target_size, rtol=SEARCH_RTOL, max_evals=max_evals)

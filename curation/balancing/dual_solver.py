@@ -185,171 +185,214 @@ def solve_box_dual(
             relative amount over the last :data:`_SETTLE_WINDOW` iterations (the cap search's
             rough solves need Σπ, which settles long before the KKT error does).
     """
-    t0 = time.perf_counter()
-    tau = np.asarray(tau, dtype=np.float64)
-    q = op.n_columns
-    if tau.shape != (q,):
-        raise ValueError(f"tau must have one target per column ({q})")
-    if not np.all(np.isfinite(tau)) or np.any(tau < 0):
-        raise ValueError("targets must be finite and non-negative")
-    B = float(dual_bound)
-    free = (tau > 0) if free is None else np.asarray(free, dtype=bool)
-    free = free & (tau > 0)
-    fidx = np.flatnonzero(free)
-    tau_f = tau[fidx]
-    scale = np.sqrt(np.maximum(tau_f, 1.0))
-    lam = np.zeros(q) if lam0 is None else np.array(lam0, dtype=np.float64, copy=True)
-    # a column with τ_j = 0 and rows forces π = 0 there (as the exact solution does)
-    lam[(tau <= 0) & op.occupied] = ZERO_LOG
-    passes = 0
+    run = _BoxDualRun(op, tau, lam0, free, float(dual_bound), capped, memory)
+    status = run.iterate(tol, max_passes, patience, size_settle, callback)
+    return run.solution(status, tol, column_counts)
 
-    def evaluate(lv: np.ndarray, ref: DualPoint | None = None) -> DualPoint:
-        nonlocal passes
-        passes += 1
-        return op.point(lv, capped=capped, ref=ref)
 
-    if lam0 is None and fidx.size:
-        start = evaluate(lam)  # c_j with every free λ at 0 (fixed columns as given)
-        c_live = start.n()[fidx]
-        lam[fidx] = np.log(np.minimum(tau_f / np.maximum(c_live, 1e-300), 1.0))
-    lam[fidx] = np.clip(lam[fidx], -B, B)
-    lo, hi = -B * scale, B * scale
-    if memory is None or not memory.fits(free, scale):
-        memory = QuasiNewtonMemory(free=free.copy(), scale=scale)
-    tau_sum = float(tau_f.sum()) or 1.0
+class _BoxDualRun:
+    """The state of one :func:`solve_box_dual`: λ, its scaled free part z = s ⊙ λ_free, the
+    gradient g = (n − τ)/s there, the current evaluation, the pass count and the best iterate."""
 
-    def measure(n: np.ndarray, lf: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-        nf = n[fidx]
-        rel = nf / tau_f - 1.0
+    def __init__(
+        self,
+        op: RakeOperator,
+        tau: np.ndarray,
+        lam0: np.ndarray | None,
+        free: np.ndarray | None,
+        bound: float,
+        capped: bool,
+        memory: QuasiNewtonMemory | None,
+    ) -> None:
+        self.t0 = time.perf_counter()
+        tau = np.asarray(tau, dtype=np.float64)
+        q = op.n_columns
+        if tau.shape != (q,):
+            raise ValueError(f"tau must have one target per column ({q})")
+        if not np.all(np.isfinite(tau)) or np.any(tau < 0):
+            raise ValueError("targets must be finite and non-negative")
+        self.op, self.tau, self.B, self.capped = op, tau, bound, capped
+        free = (tau > 0) if free is None else np.asarray(free, dtype=bool)
+        self.free = free & (tau > 0)
+        self.fidx = np.flatnonzero(self.free)
+        self.tau_f = tau[self.fidx]
+        self.scale = np.sqrt(np.maximum(self.tau_f, 1.0))
+        self.tau_sum = float(self.tau_f.sum()) or 1.0
+        self.lo, self.hi = -bound * self.scale, bound * self.scale
+        self.passes = 0
+        if memory is None or not memory.fits(self.free, self.scale):
+            memory = QuasiNewtonMemory(free=self.free.copy(), scale=self.scale)
+        self.memory = memory
+        self.lam = self._start(lam0)
+        self.cur = self.evaluate(self.lam)
+        self.n = self.cur.n()
+        self.z = self.lam[self.fidx] * self.scale
+        self.g = (self.n[self.fidx] - self.tau_f) / self.scale
+        self.e, emax, l1, _ = self.measure()
+        self.history: list[dict[str, Any]] = [
+            {"iter": 0, "passes": self.passes, "max_rel_err": emax, "kkt_err": self.e, "l1": l1}
+            | {"step": "start"}
+        ]
+        self.best = (self.e, self.lam.copy(), self.cur)
+        self.it = 0
+
+    def evaluate(self, lam: np.ndarray, ref: DualPoint | None = None) -> DualPoint:
+        """One pass: F's terms, ∇F and Σπ at λ (the dual change against ``ref`` if given)."""
+        self.passes += 1
+        return self.op.point(lam, capped=self.capped, ref=ref)
+
+    def _start(self, lam0: np.ndarray | None) -> np.ndarray:
+        lam = np.zeros(self.op.n_columns) if lam0 is None else np.array(lam0, dtype=np.float64)
+        # a column with τ_j = 0 and rows forces π = 0 there (as the exact solution does)
+        lam[(self.tau <= 0) & self.op.occupied] = ZERO_LOG
+        if lam0 is None and self.fidx.size:
+            start = self.evaluate(lam)  # c_j with every free λ at 0 (fixed columns as given)
+            c_live = start.n()[self.fidx]
+            lam[self.fidx] = np.log(np.minimum(self.tau_f / np.maximum(c_live, 1e-300), 1.0))
+        lam[self.fidx] = np.clip(lam[self.fidx], -self.B, self.B)
+        return lam
+
+    def measure(self) -> tuple[float, float, float, np.ndarray]:
+        """KKT error, max relative error, L1 share and n_j/τ_j − 1 on the free columns."""
+        nf = self.n[self.fidx]
+        rel = nf / self.tau_f - 1.0
         return (
-            float(kkt_errors(nf, tau_f, lf, B).max(initial=0.0)),
+            float(kkt_errors(nf, self.tau_f, self.lam[self.fidx], self.B).max(initial=0.0)),
             float(np.abs(rel).max(initial=0.0)),
-            float(np.abs(nf - tau_f).sum() / tau_sum),
+            float(np.abs(nf - self.tau_f).sum() / self.tau_sum),
             rel,
         )
 
-    cur = evaluate(lam)
-    n = cur.n()
-    z = lam[fidx] * scale
-    g = (n[fidx] - tau_f) / scale
-    e, emax, l1, _ = measure(n, lam[fidx])
-    history: list[dict[str, Any]] = [
-        {"iter": 0, "passes": passes, "max_rel_err": emax, "kkt_err": e, "l1": l1, "step": "start"}
-    ]
-    best = (e, lam.copy(), cur)
-    status = "max_passes"
-    mark, last_progress = e, passes
-    it = 0
-    sizes: deque[float] = deque(maxlen=_SETTLE_WINDOW + 1)
-    while True:
-        if e <= tol:
-            status = "converged"
-            break
-        if size_settle is not None:
-            sizes.append(cur.size())
-            if len(sizes) == sizes.maxlen and max(sizes) - min(sizes) <= size_settle * sizes[-1]:
-                status = "size_settled"
-                break
-        if passes >= max_passes:
-            break
-        if passes - last_progress >= patience:
-            status = "stalled"
-            break
-        it += 1
+    def iterate(
+        self,
+        tol: float,
+        max_passes: int,
+        patience: int,
+        size_settle: float | None,
+        callback: Callable[[int, float, float], None] | None,
+    ) -> str:
+        """Projected L-BFGS steps until a stopping test holds; returns the status."""
+        mark, last_progress = self.e, self.passes
+        sizes: deque[float] = deque(maxlen=_SETTLE_WINDOW + 1)
+        while True:
+            if self.e <= tol:
+                return "converged"
+            if size_settle is not None:
+                sizes.append(self.cur.size())
+                if (
+                    len(sizes) == sizes.maxlen
+                    and max(sizes) - min(sizes) <= size_settle * sizes[-1]
+                ):
+                    return "size_settled"
+            if self.passes >= max_passes:
+                return "max_passes"
+            if self.passes - last_progress >= patience:
+                return "stalled"
+            self.it += 1
+            step = self.step(max_passes)
+            if step is None:
+                return "stalled"  # no descent along the projected gradient: at rounding level
+            if not step:
+                continue  # a bad quasi-Newton model was dropped: retry from the gradient
+            if callback is not None:
+                callback(self.passes, self.e, self.history[-1]["l1"])
+            progress.tick(kkt_err=self.e, l1=self.history[-1]["l1"])
+            if self.e < mark * (1 - 1e-3):
+                mark, last_progress = self.e, self.passes
+            elif self.history[-1]["dual_change"] < -1e-9 * self.tau_sum:
+                # the max-norm KKT error is bumpy on ill-conditioned problems while the dual still
+                # falls steadily: that is slow progress, not a stall (a planted 200k × 20k problem
+                # was called stalled at KKT 1e-2 after 261 passes; it converges in 871)
+                last_progress = self.passes
+
+    def step(self, max_passes: int) -> bool | None:
+        """One iteration: the direction, then a projected Armijo backtracking (a pass per trial).
+        True when a point was accepted, False when a quasi-Newton step failed (memory dropped),
+        None when even the projected gradient gives no descent."""
         # hold the columns at a bound whose gradient points out of the box
-        hold = ((z <= lo * (1 - 1e-12)) & (g > 0)) | ((z >= hi * (1 - 1e-12)) & (g < 0))
-        d = memory.direction(g, hold)
-        step_kind = "qn"
-        if not memory.pairs or float(np.dot(g, d)) >= 0:  # no model yet, or not a descent
-            memory.pairs.clear()
+        z, g = self.z, self.g
+        hold = ((z <= self.lo * (1 - 1e-12)) & (g > 0)) | ((z >= self.hi * (1 - 1e-12)) & (g < 0))
+        d = self.memory.direction(g, hold)
+        kind = "qn"
+        if not self.memory.pairs or float(np.dot(g, d)) >= 0:  # no model yet, or not a descent
+            self.memory.pairs.clear()
             d = np.where(hold, 0.0, -g)
             # a first step of at most one unit of λ per column
-            d *= min(1.0, 1.0 / max(float(np.max(np.abs(d / scale), initial=0.0)), 1e-300))
-            step_kind = "gradient"
+            d *= min(1.0, 1.0 / max(float(np.max(np.abs(d / self.scale), initial=0.0)), 1e-300))
+            kind = "gradient"
         alpha = 1.0
-        accepted = None
         for _ in range(_MAX_BACKTRACK):
-            z_new = np.clip(z + alpha * d, lo, hi)
-            lam_new = lam.copy()
-            lam_new[fidx] = z_new / scale
-            pt = evaluate(lam_new, ref=cur)
-            dF = pt.dphi - float(np.dot(tau_f, lam_new[fidx] - lam[fidx]))
+            z_new = np.clip(z + alpha * d, self.lo, self.hi)
+            lam_new = self.lam.copy()
+            lam_new[self.fidx] = z_new / self.scale
+            pt = self.evaluate(lam_new, ref=self.cur)
+            dF = pt.dphi - float(np.dot(self.tau_f, lam_new[self.fidx] - self.lam[self.fidx]))
             # Armijo on the projected path: the decrease the linear model promises
             want = _ARMIJO * min(float(np.dot(g, z_new - z)), 0.0)
             if np.isfinite(dF) and dF <= want + 1e-12 * (abs(dF) + 1.0):
-                accepted = (z_new, lam_new, pt, dF)
-                break
+                self._accept(z_new, lam_new, pt, dF, kind if alpha == 1.0 else f"{kind}/{alpha:g}")
+                return True
             alpha *= 0.5
-            if passes >= max_passes:
+            if self.passes >= max_passes:
                 break
-        if accepted is None:
-            if step_kind == "gradient":
-                status = "stalled"  # no descent along the projected gradient: at rounding level
-                break
-            memory.pairs.clear()  # a bad quasi-Newton model: restart from the gradient
-            continue
-        z_new, lam, cur, dF = accepted
-        n = cur.n()
-        g_new = (n[fidx] - tau_f) / scale
-        memory.push(z_new - z, g_new - g)
-        z, g = z_new, g_new
-        e, emax, l1, _ = measure(n, lam[fidx])
-        history.append(
-            {
-                "iter": it,
-                "passes": passes,
-                "max_rel_err": emax,
-                "kkt_err": e,
-                "l1": l1,
-                "dual_change": dF,
-                "step": step_kind if alpha == 1.0 else f"{step_kind}/{alpha:g}",
-            }
+        if kind == "gradient":
+            return None
+        self.memory.pairs.clear()
+        return False
+
+    def _accept(
+        self, z_new: np.ndarray, lam: np.ndarray, pt: DualPoint, dF: float, kind: str
+    ) -> None:
+        self.lam, self.cur = lam, pt
+        self.n = pt.n()
+        g_new = (self.n[self.fidx] - self.tau_f) / self.scale
+        self.memory.push(z_new - self.z, g_new - self.g)
+        self.z, self.g = z_new, g_new
+        self.e, emax, l1, _ = self.measure()
+        self.history.append(
+            {"iter": self.it, "passes": self.passes, "max_rel_err": emax, "kkt_err": self.e}
+            | {"l1": l1, "dual_change": dF, "step": kind}
         )
-        if callback is not None:
-            callback(passes, e, l1)
-        progress.tick(kkt_err=e, l1=l1)
-        if e < best[0]:
-            best = (e, lam.copy(), cur)
-        if e < mark * (1 - 1e-3):
-            mark, last_progress = e, passes
-        elif dF < -1e-9 * tau_sum:
-            # the max-norm KKT error is bumpy on ill-conditioned problems while the dual still
-            # falls steadily: that is slow progress, not a stall (a planted 200k × 20k problem
-            # was called stalled at KKT 1e-2 after 261 passes; it converges in 871)
-            last_progress = passes
-    if status not in ("converged", "size_settled") and best[0] < e:
-        e, lam, cur = best[0], best[1], best[2]
-        n = cur.n()
-    e, emax, l1, rel = measure(n, lam[fidx])
-    residual = np.zeros(q)
-    residual[fidx] = rel
-    unmet = fidx[target_errors(n[fidx], tau_f) >= tol]
-    at_bound = fidx[np.abs(lam[fidx]) >= B * (1 - 1e-12)]
-    y = np.zeros(q)
-    y[at_bound] = np.sign(lam[at_bound])
-    certificate = farkas_test(op, tau, y, lam, free, capped, column_counts)
-    if status == "converged" and unmet.size:
-        status = "infeasible"  # KKT holds, but some targets are held at the box
-    return RakeSolution(
-        lam=lam,
-        pi=cur.pi,
-        n=n,
-        residual=residual,
-        status=status,
-        iterations=it,
-        max_rel_err=emax,
-        kkt_err=e,
-        best_kkt_err=min(best[0], e),
-        l1=l1,
-        unmet=unmet,
-        at_bound=at_bound,
-        history=history,
-        certificate=certificate,
-        seconds=time.perf_counter() - t0,
-        passes=passes,
-        size=cur.size(),
-        memory=memory,
-    )
+        if self.e < self.best[0]:
+            self.best = (self.e, self.lam.copy(), self.cur)
+
+    def solution(self, status: str, tol: float, column_counts: np.ndarray | None) -> RakeSolution:
+        """The result at the last iterate (the best one unless converged or settled), with the
+        unmet targets, the columns at the box and the Farkas test of their sign pattern."""
+        if status not in ("converged", "size_settled") and self.best[0] < self.e:
+            self.e, self.lam, self.cur = self.best
+            self.n = self.cur.n()
+        fidx, lam, n = self.fidx, self.lam, self.n
+        e, emax, l1, rel = self.measure()
+        residual = np.zeros(self.op.n_columns)
+        residual[fidx] = rel
+        unmet = fidx[target_errors(n[fidx], self.tau_f) >= tol]
+        at_bound = fidx[np.abs(lam[fidx]) >= self.B * (1 - 1e-12)]
+        y = np.zeros(self.op.n_columns)
+        y[at_bound] = np.sign(lam[at_bound])
+        certificate = farkas_test(self.op, self.tau, y, lam, self.free, self.capped, column_counts)
+        if status == "converged" and unmet.size:
+            status = "infeasible"  # KKT holds, but some targets are held at the box
+        return RakeSolution(
+            lam=lam,
+            pi=self.cur.pi,
+            n=n,
+            residual=residual,
+            status=status,
+            iterations=self.it,
+            max_rel_err=emax,
+            kkt_err=e,
+            best_kkt_err=min(self.best[0], e),
+            l1=l1,
+            unmet=unmet,
+            at_bound=at_bound,
+            history=self.history,
+            certificate=certificate,
+            seconds=time.perf_counter() - self.t0,
+            passes=self.passes,
+            size=self.cur.size(),
+            memory=self.memory,
+        )
 
 
 def target_errors(n: np.ndarray, tau: np.ndarray) -> np.ndarray:

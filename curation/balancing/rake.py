@@ -37,24 +37,21 @@ passes are distributed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from .cap_search import CapSearch, SizeEvaluation, size_shift
-from .dual_solver import (
-    DEFAULT_DUAL_BOUND,
-    KEEP_LOG,
-    QuasiNewtonMemory,
-    RakeSolution,
-    solve_box_dual,
-)
+from .cap_search import search_head_cap, size_shift
+from .dual_solver import DEFAULT_DUAL_BOUND, KEEP_LOG, RakeSolution, solve_box_dual
 from .kernels import ZERO_LOG
-from .operators import LocalOperator, RakeOperator, TableOperator, build_problem
+from .metaclip import cap_for_size_on
+from .operators import LocalOperator, RakeOperator, TableOperator, WorkOperator, build_problem
 from .params import BalanceResult, ScoreParams
 from .signatures import SignatureTable
 from .target_size import DEFAULT_SIZE_RTOL, TargetSizeError, repeat_scale_from_total
 from .targets import cap_vector, capped_targets, margin_target_distribution
+from .warm_solves import WarmSolver
 
 __all__ = [
     "DEFAULT_DUAL_BOUND",
@@ -72,15 +69,6 @@ OBJECTIVES: tuple[str, ...] = ("tail", "l1")
 #: passes; the hardest real-caption problems measured (10 % sizes) need 100–120 from cold, and a
 #: stop at 100 there left a KKT error of 1.1–1.7e-3 and a "max_passes" warning for no gain.
 DEFAULT_MAX_PASSES = 200
-#: The cap search's rough solves: KKT tolerance, pass budget, and the early stop once Σπ has
-#: settled (moved < 0.5 % over 4 iterations). Σπ is an aggregate and settles long before the
-#: per-column KKT error does; a solve stopped by a pass count alone, before Σπ settled, gave
-#: sizes off by 10-90 % on multi-label tables and misled the search.
-SEARCH_TOL = 5e-2
-SEARCH_PASSES = 50
-SEARCH_SETTLE = 5e-3
-#: The cap search stops within this relative distance of N; the final shift ν meets N exactly.
-SEARCH_RTOL = 5e-3
 
 
 def rake(table: SignatureTable, **kwargs: Any) -> BalanceResult:
@@ -89,136 +77,31 @@ def rake(table: SignatureTable, **kwargs: Any) -> BalanceResult:
     return rake_on(LocalOperator(table), **kwargs)
 
 
-class _Solver:
-    """Solves one raking problem for varying targets, warm-starting each solve from the nearest
-    earlier one and keeping the quasi-Newton memory across them; records every solve."""
+@dataclass(frozen=True)
+class _Caps:
+    """The capped targets τ_j(t) = min(c_j, t_j) of the working entries, with the cap of the
+    ``<unmatched>`` pseudo-entry (last column) fixed or following t."""
 
-    def __init__(
-        self,
-        prob: RakeOperator,
-        free: np.ndarray,
-        lam_fixed: np.ndarray,
-        counts: np.ndarray,
-        **solve_kw: Any,
-    ) -> None:
-        self.prob = prob
-        self.free = free
-        self.lam_fixed = lam_fixed
-        self.counts = counts
-        self.solve_kw = solve_kw
-        self.memory: QuasiNewtonMemory | None = None
-        self.solved: dict[float, RakeSolution] = {}
-        self.log: list[dict[str, Any]] = []
-        self.passes = 0
-        self._base: np.ndarray | None = None
-        self.kept_size = 0.0
+    counts: np.ndarray
+    keep_unmatched: bool
+    unmatched_cap: float | None
 
-    def solve(self, key: float, tau: np.ndarray, **overrides: Any) -> RakeSolution:
-        if self.solved:
-            near = min(self.solved, key=lambda x: abs(np.log(x / key)))
-            lam0 = self.solved[near].lam.copy()
-        else:
-            lam0 = self._cold_start(tau)
-        # A column that the fixed rows alone already bring to its target has ∂F/∂λ_j =
-        # n_j − τ_j ≥ b_j − τ_j ≥ 0 for every λ: its optimum is the lower bound −B (its free rows
-        # are dropped). Starting it there saves the solver from finding out.
-        B = self.solve_kw["dual_bound"]
-        over = self.free & (self.base() >= tau)
-        lam0[over] = -B
-        sol = solve_box_dual(
-            self.prob,
-            tau,
-            lam0=lam0,
-            free=self.free,
-            memory=self.memory,
-            column_counts=self.counts,
-            **(self.solve_kw | overrides),
-        )
-        self.memory = sol.memory
-        self.solved[key] = sol
-        self.record(key, sol)
-        return sol
+    def caps(self, t: float) -> np.ndarray:
+        own = self.unmatched_cap if self.unmatched_cap is not None else t
+        return cap_vector(self.counts.size, t, own if self.keep_unmatched else None)
 
-    def record(self, key: float | None, sol: RakeSolution, **extra: Any) -> None:
-        """Count a solve's passes and log it (the cap search's solves, and the margin solve)."""
-        self.passes += sol.passes
-        self.log.append(
-            {
-                "t": key,
-                **extra,
-                "expected_size": sol.size,
-                "passes": sol.passes,
-                "kkt_err": sol.kkt_err,
-                "status": sol.status,
-            }
-        )
-
-    def base(self) -> np.ndarray:
-        """b_j: what the fixed rows bring to each column (one pass, once; 0 if nothing is fixed)."""
-        if self._base is None:
-            if not self.lam_fixed.any():
-                self._base = np.zeros(self.prob.n_columns)
-            else:
-                lam = np.where(self.free, ZERO_LOG, self.lam_fixed)
-                point = self.prob.point(lam)
-                self._base = point.n()
-                self.kept_size = point.size()
-                self.passes += 1
-        return self._base
-
-    def _cold_start(self, tau: np.ndarray) -> np.ndarray:
-        """λ_j = log min(1, (τ_j − b_j) / (c_j − b_j)) on the free columns: the share of its free
-        rows that entry j needs if they were its alone (MetaCLIP-like); fixed columns as given."""
-        lam = self.lam_fixed.copy()
-        b = self.base()
-        f = self.free
-        need = np.maximum(tau[f] - b[f], 1e-300)
-        have = np.maximum(self.counts[f] - b[f], 1e-300)
-        lam[f] = np.log(np.minimum(need / have, 1.0))
-        return lam
+    def targets(self, t: float) -> np.ndarray:
+        return capped_targets(self.counts, self.caps(t))
 
 
-def _search_head_cap(
-    solver: _Solver,
-    targets_at: Any,
-    target_size: float,
-    n_eligible: float,
-    tol: float,
-    max_passes: int,
-    max_evals: int,
-) -> float:
-    """The cap t with Σπ(t) ≈ N (:class:`~.cap_search.CapSearch`), by rough warm-started solves."""
-    free = solver.free
-    base = solver.base()
-    counts_free = solver.counts[free]
-    base_free = base[free]
-    t_max = float(solver.counts.max())
+@dataclass
+class _EntrySolve:
+    """The entry solve's outcome: the cap used (None for explicit targets), the targets τ_e, and
+    the solution (then extended by the margin solve, when there are margins)."""
 
-    def target_sum(tt: float) -> float:
-        return float(np.maximum(targets_at(tt)[free] - base_free, 0.0).sum())
-
-    def evaluate(tt: float) -> SizeEvaluation:
-        # far from N a rough solve places t well enough; closer, the solve must be accurate
-        # enough that Σπ's own error (about the KKT error) stays below its distance to N
-        gap = abs(solver.log[-1]["expected_size"] / target_size - 1) if solver.log else 1.0
-        rough_tol = max(tol, min(SEARCH_TOL, gap / 2))
-        sol = solver.solve(
-            tt,
-            targets_at(tt),
-            tol=rough_tol,
-            max_passes=min(max_passes, SEARCH_PASSES),
-            size_settle=SEARCH_SETTLE,
-        )
-        return SizeEvaluation(sol.size, float((sol.n[free] - base_free).sum()))
-
-    search = CapSearch(
-        target_sum,
-        kept_size=solver.kept_size,
-        raked_rows=n_eligible - solver.kept_size,
-        t_min=float(counts_free.min()) / 100,
-        t_max=t_max,
-    )
-    return search.run(evaluate, target_size, rtol=SEARCH_RTOL, max_evals=max_evals)
+    t: float | None
+    tau: np.ndarray
+    sol: RakeSolution
 
 
 def rake_on(
@@ -264,201 +147,307 @@ def rake_on(
         raise ValueError(f"unknown rake objective {objective!r} (one of {', '.join(OBJECTIVES)})")
     work = op.work(keep_unmatched)
     counts = work.counts()
-    m_work = work.n_entries
-    n_elig = work.n_eligible
-    prob = work.rake_problem(())
-    info: dict[str, Any] = {"method": "rake", "objective": objective, "capped": capped}
-
-    def caps_for(tt: float) -> np.ndarray:
-        return cap_vector(
-            m_work,
-            tt,
-            (unmatched_cap if unmatched_cap is not None else tt) if keep_unmatched else None,
-        )
-
-    if target_size is not None and target_size > n_elig * (1 + 1e-12) and not with_replacement:
-        raise TargetSizeError(
-            f"target size {target_size:g} exceeds the {n_elig:g} eligible samples; "
-            "use sampling with replacement"
-        )
-    # MetaCLIP's cap at N: where the cap search starts, and (tail objective) the kept set
-    t_mc = None
-    if t is None and entry_targets is None and target_size is not None and capped:
-        from .metaclip import cap_for_size_on
-
-        t_mc = cap_for_size_on(
-            work, target_size, counts, keep_unmatched=keep_unmatched, unmatched_cap=unmatched_cap
-        )
-    # which samples are kept as MetaCLIP keeps them (tail objective, capped, no explicit τ)
-    t_keep = None
-    if objective == "tail" and capped and entry_targets is None:
-        if t is not None:
-            t_keep = float(t)
-        elif not with_replacement:
-            t_keep = t_mc
-    kept_cols = (counts > 0) & (counts <= caps_for(t_keep)) if t_keep is not None else None
-    free = (counts > 0) if kept_cols is None else (counts > 0) & ~kept_cols
-    lam_fixed = np.zeros(m_work)
-    if kept_cols is not None:
-        lam_fixed[kept_cols] = KEEP_LOG
-    solver = _Solver(
-        prob,
-        free,
-        lam_fixed,
-        counts,
-        tol=tol,
-        max_passes=max_iter,
-        patience=patience,
-        dual_bound=dual_bound,
-        capped=capped,
+    _check_size(target_size, work.n_eligible, with_replacement)
+    caps = _Caps(counts, keep_unmatched, unmatched_cap)
+    t_keep = _keep_cap(
+        work, caps, objective, t, target_size, entry_targets, capped, with_replacement
     )
-
-    def targets_at(tt: float) -> np.ndarray:
-        return capped_targets(counts, caps_for(tt))
-
-    if entry_targets is not None:
-        tau_e = np.asarray(entry_targets, dtype=np.float64)
-        if tau_e.shape != (m_work,):
-            raise ValueError(f"entry_targets must have length {m_work}")
-        t_used = None
-        solver.free = (tau_e > 0) & (counts > 0)
-        sol_e = solver.solve(1.0, tau_e)
-    elif t is not None:
-        t_used = float(t)
-        tau_e = targets_at(t_used)
-        sol_e = solver.solve(t_used, tau_e)
-    else:
-        if target_size is None:
-            raise ValueError("give t, entry_targets or target_size")
-        if not capped:
-            raise ValueError("uncapped raking needs a cap t (the size is then set by repeats)")
-        if not free.any():  # every matched sample is kept already: nothing to rake
-            t_used = float(counts.max())
-        else:
-            t_used = _search_head_cap(
-                solver, targets_at, float(target_size), n_elig, tol, max_iter, max_size_evals
-            )
-        tau_e = targets_at(t_used)
-        sol_e = solver.solved.get(t_used)
-        if sol_e is None or sol_e.kkt_err > tol:
-            sol_e = solver.solve(t_used, tau_e)
-    sol = sol_e
-    tau_all = tau_e
-    lam_all = sol_e.lam
-    mt: dict[str, np.ndarray] = {}
-    margin_prob = prob
-    if margins:
-        margin_prob = work.rake_problem(margins)
-        n_ref = float(target_size) if target_size is not None else sol_e.size
-        tau_all = np.zeros(margin_prob.n_columns)
-        tau_all[:m_work] = tau_e
-        lam0 = np.zeros(margin_prob.n_columns)
-        lam0[:m_work] = sol_e.lam
-        free_all = np.zeros(margin_prob.n_columns, dtype=bool)
-        free_all[:m_work] = solver.free
-        for col in margins:
-            obs = work.level_counts(col)
-            p_x, _ = margin_target_distribution(
-                obs, work.margin_levels[col], (margin_targets or {}).get(col, "empirical")
-            )
-            mt[col] = p_x * n_ref
-            o = margin_prob.offsets[col]
-            tau_all[o : o + p_x.size] = mt[col]
-            free_all[o : o + p_x.size] = mt[col] > 0
-        col_counts = np.zeros(margin_prob.n_columns)
-        col_counts[:m_work] = counts
-        sol = solve_box_dual(
-            margin_prob,
-            tau_all,
-            lam0=lam0,
-            free=free_all,
-            tol=tol,
-            max_passes=max_iter,
-            patience=patience,
-            dual_bound=dual_bound,
-            capped=capped,
-            column_counts=col_counts,
-        )
-        solver.record(t_used, sol, margins=list(margins))
-        sol.history = sol_e.history + [
-            dict(h, iter=h["iter"] + sol_e.iterations) for h in sol.history[1:]
-        ]
-        lam_all = sol.lam
-    lam = lam_all.copy()
-    shift = 0.0
-    if target_size is not None and capped and not with_replacement:
-        # Σπ(ν) with ν added to every raked row's η is continuous and increasing: a last shift
-        # meets N exactly (the solves meet their targets to a tolerance, the size is then within
-        # about that tolerance; the kept rows' η ≫ 0 does not move)
-        size_fn = margin_prob.size_function(lam)
-        if abs(size_fn(0.0) - target_size) > size_rtol / 4 * target_size:
-            shift = size_shift(size_fn, float(target_size))
-    # columns with τ = 0 but rows force π = 0 on those rows (ZERO_LOG)
-    lam[(tau_all <= 0) & margin_prob.occupied] = ZERO_LOG
-    margin_values = {
-        col: lam[
-            margin_prob.offsets[col] : margin_prob.offsets[col] + margin_prob.margin_sizes[col]
-        ]
-        for col in margins
+    solve_kw = dict(tol=tol, max_passes=max_iter, patience=patience, dual_bound=dual_bound)
+    solver = _warm_solver(work, caps, t_keep, capped, solve_kw)
+    entry = _solve_entries(
+        solver, caps, t, target_size, entry_targets, capped, work.n_eligible, max_size_evals
+    )
+    n_ref = float(target_size) if target_size is not None else entry.sol.size
+    sol, tau_all, margin_prob, mt = _solve_margins(
+        work, solver, entry, margins, margin_targets, n_ref, capped, solve_kw
+    )
+    size_target = target_size if capped and not with_replacement else None
+    params = _score_params(op, work, margin_prob, sol.lam, tau_all, margins, caps, capped)
+    params = _meet_size(params, margin_prob, size_target, size_rtol)
+    params, size = _scaled(op, params, work.n_eligible, with_replacement, target_size)
+    info = {"method": "rake", "objective": objective, "capped": capped}
+    info |= _solve_info(solver, sol, entry, bool(margins))
+    info |= _size_info(solver, entry, caps, t_keep, size, target_size, with_replacement)
+    info |= _quality_info(sol, work.n_entries)
+    info |= {
+        "size_search": solver.log,
+        "size_shift": params.offset,
+        "dual_bound": float(dual_bound),
     }
-    params = ScoreParams(
-        method="rake",
-        n_entries=op.n_entries,
-        entry_values=lam[:m_work],
-        margin_values=margin_values,
-        margin_levels={col: work.margin_levels[col] for col in margins},
-        keep_unmatched=keep_unmatched,
-        capped=capped,
-        offset=shift,
-    )
-    sums = op.score_sums(params)
-    wscale = n_elig / sums.raw if sums.raw > 0 else 0.0
-    params = params.replace(weight_scale=wscale)
-    if with_replacement:
-        if target_size is None:
-            raise ValueError("with_replacement needs target_size")
-        wtotal = op.score_sums(params).weight
-        params = params.replace(repeat_scale=repeat_scale_from_total(wtotal, target_size))
-    size = sums.pi
-    entry_res = sol.residual[:m_work]
-    unmet_entries = sol.unmet[sol.unmet < m_work]
-    info.update(
-        status=sol.status,
-        iterations=sum(len(s.history) - 1 for s in solver.solved.values()),
-        passes=solver.passes,
-        passes_last_solve=sol.passes,
-        seconds=sum(s.seconds for s in solver.solved.values()) + (sol.seconds if margins else 0),
-        t=t_used,
-        t_keep=t_keep,
-        kept_entries=int(kept_cols.sum()) if kept_cols is not None else 0,
-        unmatched_cap=float(caps_for(t_used)[-1]) if (keep_unmatched and t_used) else None,
-        expected_size=size,
-        target_size=target_size,
-        max_rel_err=sol.max_rel_err,
-        kkt_err=sol.kkt_err,
-        best_kkt_err=sol.best_kkt_err,
-        l1=sol.l1,
-        n_infeasible_entries=int(unmet_entries.size),
-        infeasible_entries=unmet_entries[:1000].tolist(),
-        n_unmet_margin_levels=int(sol.unmet.size - unmet_entries.size),
-        certificate=sol.certificate,
-        size_search=solver.log,
-        size_shift=shift,
-        dual_bound=float(dual_bound),
-    )
     if target_size is not None and not with_replacement:
         info["size_rel_err"] = abs(size - target_size) / target_size
-    params = params.replace(meta={"t": t_used, "status": sol.status, "objective": objective})
+    params = params.replace(meta={"t": entry.t, "status": sol.status, "objective": objective})
     rows = op.row_scores(params)
-    weight, pi = rows if rows is not None else (None, None)
+    entry_res = sol.residual[: work.n_entries]
     return BalanceResult(
         params=params,
-        weight=weight,
-        pi=pi,
+        weight=rows[0] if rows is not None else None,
+        pi=rows[1] if rows is not None else None,
         counts=counts,
-        targets=tau_e,
+        targets=entry.tau,
         margin_targets=mt,
         history=sol.history,
         info=info | {"entry_residual_max_abs": float(np.abs(entry_res).max(initial=0.0))},
         residual=entry_res.copy(),
     )
+
+
+def _check_size(target_size: float | None, n_eligible: float, with_replacement: bool) -> None:
+    if target_size is not None and target_size > n_eligible * (1 + 1e-12) and not with_replacement:
+        raise TargetSizeError(
+            f"target size {target_size:g} exceeds the {n_eligible:g} eligible samples; "
+            "use sampling with replacement"
+        )
+
+
+def _size_info(
+    solver: WarmSolver,
+    entry: _EntrySolve,
+    caps: _Caps,
+    t_keep: float | None,
+    size: float,
+    target_size: float | None,
+    with_replacement: bool,
+) -> dict[str, Any]:
+    """The caps used (head cap t, kept-set cap t_keep, unmatched cap) and the sizes."""
+    t_used = entry.t
+    return {
+        "t": t_used,
+        "t_keep": t_keep,
+        "kept_entries": int(np.count_nonzero(solver.lam_fixed == KEEP_LOG)),
+        "unmatched_cap": float(caps.caps(t_used)[-1]) if (caps.keep_unmatched and t_used) else None,
+        "expected_size": size,
+        "target_size": target_size,
+    }
+
+
+def _keep_cap(
+    work: WorkOperator,
+    caps: _Caps,
+    objective: str,
+    t: float | None,
+    target_size: float | None,
+    entry_targets: np.ndarray | None,
+    capped: bool,
+    with_replacement: bool,
+) -> float | None:
+    """t_keep, the cap below which entries keep all their samples (MetaCLIP's kept set): the
+    given t, or MetaCLIP's cap at N; None for the ``l1`` objective, explicit targets or
+    uncapped raking (nothing is fixed then)."""
+    if objective != "tail" or not capped or entry_targets is not None:
+        return None
+    if t is not None:
+        return float(t)
+    if with_replacement or target_size is None:
+        return None
+    return cap_for_size_on(
+        work,
+        target_size,
+        caps.counts,
+        keep_unmatched=caps.keep_unmatched,
+        unmatched_cap=caps.unmatched_cap,
+    )
+
+
+def _warm_solver(
+    work: WorkOperator, caps: _Caps, t_keep: float | None, capped: bool, solve_kw: dict[str, Any]
+) -> WarmSolver:
+    """The solver of the entry problem: the columns of entries with c_j ≤ t_keep fixed at
+    :data:`~.dual_solver.KEEP_LOG` (π = 1 on their rows), the other matched entries free."""
+    counts = caps.counts
+    matched = counts > 0
+    kept_cols = matched & (counts <= caps.caps(t_keep)) if t_keep is not None else ~matched
+    lam_fixed = np.where(kept_cols, KEEP_LOG, 0.0)
+    return WarmSolver(
+        work.rake_problem(()), matched & ~kept_cols, lam_fixed, counts, capped=capped, **solve_kw
+    )
+
+
+def _solve_entries(
+    solver: WarmSolver,
+    caps: _Caps,
+    t: float | None,
+    target_size: float | None,
+    entry_targets: np.ndarray | None,
+    capped: bool,
+    n_eligible: float,
+    max_size_evals: int,
+) -> _EntrySolve:
+    """The entry solve: for explicit targets, at the cap t, or at the cap the search finds for
+    the target size (its last solve is reused when it met the tolerance)."""
+    counts = caps.counts
+    if entry_targets is not None:
+        tau = np.asarray(entry_targets, dtype=np.float64)
+        if tau.shape != counts.shape:
+            raise ValueError(f"entry_targets must have length {counts.size}")
+        solver.free = (tau > 0) & (counts > 0)
+        return _EntrySolve(None, tau, solver.solve(1.0, tau))
+    if t is not None:
+        tau = caps.targets(float(t))
+        return _EntrySolve(float(t), tau, solver.solve(float(t), tau))
+    if target_size is None:
+        raise ValueError("give t, entry_targets or target_size")
+    if not capped:
+        raise ValueError("uncapped raking needs a cap t (the size is then set by repeats)")
+    if not solver.free.any():  # every matched sample is kept already: nothing to rake
+        t_used = float(counts.max())
+    else:
+        t_used = search_head_cap(
+            solver,
+            caps.targets,
+            float(target_size),
+            n_eligible,
+            solver.solve_kw["tol"],
+            solver.solve_kw["max_passes"],
+            max_size_evals,
+        )
+    tau = caps.targets(t_used)
+    sol = solver.solved.get(t_used)
+    if sol is None or sol.kkt_err > solver.solve_kw["tol"]:
+        sol = solver.solve(t_used, tau)
+    return _EntrySolve(t_used, tau, sol)
+
+
+def _solve_margins(
+    work: WorkOperator,
+    solver: WarmSolver,
+    entry: _EntrySolve,
+    margins: Sequence[str],
+    margin_targets: Mapping[str, str | Mapping[str, float]] | None,
+    n_ref: float,
+    capped: bool,
+    solve_kw: dict[str, Any],
+) -> tuple[RakeSolution, np.ndarray, RakeOperator, dict[str, np.ndarray]]:
+    """With margins: the joint solve over entries and margin levels, started from the entry
+    solution, with level targets P_X(x) · N_ref. Returns the solution, the targets of every
+    column, the problem they belong to and the margin targets (the entry solve's own without)."""
+    if not margins:
+        return entry.sol, entry.tau, solver.prob, {}
+    prob = work.rake_problem(margins)
+    m_work = work.n_entries
+    tau_all = np.zeros(prob.n_columns)
+    tau_all[:m_work] = entry.tau
+    lam0 = np.zeros(prob.n_columns)
+    lam0[:m_work] = entry.sol.lam
+    free_all = np.zeros(prob.n_columns, dtype=bool)
+    free_all[:m_work] = solver.free
+    mt: dict[str, np.ndarray] = {}
+    for col in margins:
+        obs = work.level_counts(col)
+        p_x, _ = margin_target_distribution(
+            obs, work.margin_levels[col], (margin_targets or {}).get(col, "empirical")
+        )
+        mt[col] = p_x * n_ref
+        o = prob.offsets[col]
+        tau_all[o : o + p_x.size] = mt[col]
+        free_all[o : o + p_x.size] = mt[col] > 0
+    col_counts = np.zeros(prob.n_columns)
+    col_counts[:m_work] = solver.counts
+    sol = solve_box_dual(
+        prob,
+        tau_all,
+        lam0=lam0,
+        free=free_all,
+        capped=capped,
+        column_counts=col_counts,
+        **solve_kw,
+    )
+    solver.record(entry.t, sol, margins=list(margins))
+    first = entry.sol
+    sol.history = first.history + [
+        dict(h, iter=h["iter"] + first.iterations) for h in sol.history[1:]
+    ]
+    return sol, tau_all, prob, mt
+
+
+def _score_params(
+    op: TableOperator,
+    work: WorkOperator,
+    prob: RakeOperator,
+    lam_all: np.ndarray,
+    tau_all: np.ndarray,
+    margins: Sequence[str],
+    caps: _Caps,
+    capped: bool,
+) -> ScoreParams:
+    """The published parameters: λ per entry and margin level; columns with τ_j = 0 but rows
+    are set to :data:`~.kernels.ZERO_LOG`, which forces π = 0 on those rows."""
+    lam = lam_all.copy()
+    lam[(tau_all <= 0) & prob.occupied] = ZERO_LOG
+    m_work = work.n_entries
+    return ScoreParams(
+        method="rake",
+        n_entries=op.n_entries,
+        entry_values=lam[:m_work],
+        margin_values={
+            col: lam[prob.offsets[col] : prob.offsets[col] + prob.margin_sizes[col]]
+            for col in margins
+        },
+        margin_levels={col: work.margin_levels[col] for col in margins},
+        keep_unmatched=caps.keep_unmatched,
+        capped=capped,
+    )
+
+
+def _meet_size(
+    params: ScoreParams, prob: RakeOperator, target_size: float | None, size_rtol: float
+) -> ScoreParams:
+    """The shift ν added to every raked row's η so that Σπ = N exactly (no shift without N).
+
+    Σπ(ν) is continuous and increasing: the solves meet their targets to a tolerance, so the size
+    is within about that tolerance and a last shift meets N (the kept rows' η ≫ 0 do not move)."""
+    if target_size is None:
+        return params
+    lam = np.concatenate([params.entry_values, *params.margin_values.values()])
+    size_fn = prob.size_function(lam)
+    if abs(size_fn(0.0) - target_size) <= size_rtol / 4 * target_size:
+        return params
+    return params.replace(offset=size_shift(size_fn, float(target_size)))
+
+
+def _scaled(
+    op: TableOperator,
+    params: ScoreParams,
+    n_eligible: float,
+    with_replacement: bool,
+    target_size: float | None,
+) -> tuple[ScoreParams, float]:
+    """The weight scale (mean weight 1 over the eligible samples), the repeat scale for sampling
+    with replacement, and the expected size Σπ."""
+    sums = op.score_sums(params)
+    params = params.replace(weight_scale=n_eligible / sums.raw if sums.raw > 0 else 0.0)
+    if with_replacement:
+        if target_size is None:
+            raise ValueError("with_replacement needs target_size")
+        wtotal = op.score_sums(params).weight
+        params = params.replace(repeat_scale=repeat_scale_from_total(wtotal, target_size))
+    return params, sums.pi
+
+
+def _solve_info(
+    solver: WarmSolver, sol: RakeSolution, entry: _EntrySolve, with_margins: bool
+) -> dict[str, Any]:
+    """Status and cost: passes over every solve of the search, the entry and the margin solve."""
+    return {
+        "status": sol.status,
+        "iterations": sum(len(s.history) - 1 for s in solver.solved.values()),
+        "passes": solver.passes,
+        "passes_last_solve": sol.passes,
+        "seconds": sum(s.seconds for s in solver.solved.values())
+        + (sol.seconds if with_margins else 0),
+    }
+
+
+def _quality_info(sol: RakeSolution, m_work: int) -> dict[str, Any]:
+    """How well the targets are met: errors, and the entries and margin levels left unmet."""
+    unmet_entries = sol.unmet[sol.unmet < m_work]
+    return {
+        "max_rel_err": sol.max_rel_err,
+        "kkt_err": sol.kkt_err,
+        "best_kkt_err": sol.best_kkt_err,
+        "l1": sol.l1,
+        "n_infeasible_entries": int(unmet_entries.size),
+        "infeasible_entries": unmet_entries[:1000].tolist(),
+        "n_unmet_margin_levels": int(sol.unmet.size - unmet_entries.size),
+        "certificate": sol.certificate,
+    }
