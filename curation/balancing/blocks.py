@@ -312,7 +312,8 @@ def _k_point(
     n, size = _column_sums(block, m * probs(eta, capped), view, total=True)
     out = {"n": n, "sum_phi": binned_sum(m * phi(eta, capped)), "size": size}
     if lam_ref is not None:
-        out["dphi"] = binned_sum(m * phi_diff(eta, _eta(block, lam_ref, view), capped))
+        delta = _eta(block, lam - lam_ref, view)  # the step itself: exact on kept rows
+        out["dphi"] = binned_sum(m * phi_diff(eta, eta - delta, capped, delta))
     return out
 
 

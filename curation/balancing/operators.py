@@ -353,7 +353,8 @@ class LocalRakeOperator:
         eta = self.A @ lam
         dphi = None
         if ref is not None:
-            dphi = float(np.dot(self.mult, phi_diff(eta, ref.state, capped)))
+            delta = self.A @ (lam - ref.lam)  # the step itself: exact on kept rows (η ≈ 1e4)
+            dphi = float(np.dot(self.mult, phi_diff(eta, ref.state, capped, delta)))
         cache: dict[str, np.ndarray] = {}
 
         def pi_rows() -> np.ndarray:
