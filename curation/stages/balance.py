@@ -63,6 +63,14 @@ from curation.balancing.distributed import (
     signature_table_size,
 )
 from curation.stages.base import Stage, StageResult, input_field, output_field
+from curation.summaries import (
+    BalanceSummary,
+    CountSummary,
+    EntryStats,
+    Headline,
+    SolverInfo,
+    WeightStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -393,20 +401,22 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def headline(diag: dict) -> dict:
+HEADLINE_KEYS = (
+    "l1_error",
+    "max_rel_err_head",
+    "entropy_nats",
+    "top100_share",
+    "tail_entries_fully_kept_share",
+)
+
+
+def headline(diag: dict) -> Headline:
     """The few numbers a user compares between runs (from the full diagnostics)."""
-    keys = (
-        "l1_error",
-        "max_rel_err_head",
-        "entropy_nats",
-        "top100_share",
-        "tail_entries_fully_kept_share",
+    return Headline(
+        before=EntryStats.from_json({k: diag["entries_before"].get(k) for k in HEADLINE_KEYS}),
+        after=EntryStats.from_json({k: diag["entries_after"].get(k) for k in HEADLINE_KEYS}),
+        weights=WeightStats.from_json(diag["weights"]),
     )
-    return {
-        "before": {k: diag["entries_before"].get(k) for k in keys},
-        "after": {k: diag["entries_after"].get(k) for k in keys},
-        "weights": diag["weights"],
-    }
 
 
 class BalanceStage(Stage):
@@ -423,8 +433,10 @@ class BalanceStage(Stage):
         inputs = super().resolve_inputs()
         config = self.config
         self.entries = storage.read_json(storage.join(config.counts, "metadata.json"))
-        summary = storage.read_json(storage.join(config.counts, "summary.json"))
-        self.n_matched = int(summary["matched"])
+        counted = CountSummary.from_json(
+            storage.read_json(storage.join(config.counts, "summary.json"))
+        )
+        self.n_matched = int(counted.matched)
         self.method_options = method_options(config, self.entries, self.n_matched)
         if self.n_matched == 0 and not config.keep_unmatched:
             raise storage.StageInputError(
@@ -450,25 +462,24 @@ class BalanceStage(Stage):
         pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
         score_to(self.spark, pool.select("uid", "entry_ids", *margins), result.params, tmp)
         storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
-        summary = {
-            "stage": "balance",
-            "method": config.method,
-            "t": result.info.get("t"),
-            "status": result.info.get("status", "closed_form"),
-            "target_size": options.get("target_size"),
-            "expected_size": diag["inclusion"]["expected_size"],
-            "with_replacement": config.with_replacement,
-            "execution": execution,
-            "margins": margins,
-            "headline": headline(diag),
-            "info": diag["info"],
-            "seconds": self.seconds(),
-        }
+        summary = BalanceSummary(
+            method=config.method,
+            t=result.info.get("t"),
+            status=result.info.get("status", "closed_form"),
+            target_size=options.get("target_size"),
+            expected_size=diag["inclusion"]["expected_size"],
+            with_replacement=config.with_replacement,
+            execution=execution,
+            margins=margins,
+            headline=headline(diag),
+            info=SolverInfo.from_json(diag["info"]),
+            seconds=self.seconds(),
+        )
         unmet = unmet_targets(result.info, entries)
         if unmet:
-            summary["unmet_targets"] = unmet
+            summary.unmet_targets = unmet
             log.warning("balance: %s", describe_unmet(unmet))
-        return summary
+        return summary.to_json()
 
     def result(self, summary: dict) -> StageResult:
         return super().result(json.loads(json.dumps(summary)))

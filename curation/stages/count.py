@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from curation import storage
 from curation.metadata import entries_fingerprint
 from curation.stages.base import LineageError, Stage, StageResult, input_field, output_field
+from curation.summaries import CountSummary, TopEntry
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,11 @@ class CountStage(Stage):
         finally:
             signatures.unpersist()
         summary = count_summary(config, entries, counts, histogram, margin_summary, n_signatures)
-        summary["seconds"] = self.seconds()
+        summary.seconds = self.seconds()
         storage.write_json(storage.join(tmp, "metadata.json"), entries)
         if languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), languages)
-        return summary
+        return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
         log.info(
@@ -221,7 +222,7 @@ def count_summary(
     histogram: pa.Table,
     margin_summary: dict,
     n_signatures: int,
-) -> dict:
+) -> CountSummary:
     """The summary: totals, top entries, per-margin level counts."""
     k = histogram.column("k").to_numpy()
     samples = histogram.column("samples").to_numpy()
@@ -229,24 +230,23 @@ def count_summary(
     if n == 0:
         raise storage.StageInputError(f"{config.input}: the matched pool has no rows")
     top = np.argsort(-counts, kind="stable")[: config.top]
-    return {
-        "stage": "count",
-        "input": config.input,
-        "samples": n,
-        "matched": int(samples[k > 0].sum()),
-        "unmatched": int(samples[k == 0].sum()),
-        "total_matches": int((k * samples).sum()),
-        "entries": len(entries),
-        "entries_observed": int((counts > 0).sum()),
-        "signatures": int(n_signatures),
-        "matches_per_sample": {str(int(a)): int(b) for a, b in zip(k, samples)},
-        "top_entries": [
-            {"entry_id": int(j), "entry": entries[j], "count": int(counts[j])}
+    return CountSummary(
+        input=config.input,
+        samples=n,
+        matched=int(samples[k > 0].sum()),
+        unmatched=int(samples[k == 0].sum()),
+        total_matches=int((k * samples).sum()),
+        entries=len(entries),
+        entries_observed=int((counts > 0).sum()),
+        signatures=int(n_signatures),
+        matches_per_sample={str(int(a)): int(b) for a, b in zip(k, samples)},
+        top_entries=[
+            TopEntry(entry_id=int(j), entry=entries[j], count=int(counts[j]))
             for j in top
             if counts[j] > 0
         ],
-        "margins": margin_summary,
-    }
+        margins=margin_summary,
+    )
 
 
 def run_count(spark: SparkSession, config: CountConfig, force: bool = False) -> StageResult:

@@ -16,6 +16,7 @@ from typing import Any
 from curation.demo import pool_table, write_parquet_files
 from curation.metadata import DEFAULT_METADATA, load_metadata
 from curation.stages.base import Stage, StageResult, input_field, output_field
+from curation.summaries import PoolSummary
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ class DemoPoolStage(Stage):
             config.url_prefix,
         )
         write_parquet_files(table, tmp, config.files)
-        return {
-            "output": config.output,
-            "rows": config.rows,
-            "files": config.files,
-            "metadata": config.metadata,
-            "seconds": self.seconds(),
-        }
+        return PoolSummary(
+            output=config.output,
+            rows=config.rows,
+            files=config.files,
+            metadata=config.metadata,
+            seconds=self.seconds(),
+        ).to_json()
 
     def log_done(self, summary: dict[str, Any]) -> None:
         log.info(

@@ -64,6 +64,7 @@ from curation.metadata import (
 )
 from curation.pool import POOL_FORMATS, READER_REASON, PoolFormat, ReaderOptions, read_pool
 from curation.stages.base import Stage, StageResult, input_field, output_field
+from curation.summaries import MatchSummary, MetadataListSummary
 
 log = logging.getLogger(__name__)
 
@@ -443,13 +444,13 @@ class MatchStage(Stage):
         )
         rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
         summary = summarize(spark, tmp, loaded.summary, roles, fmt, config)
-        if summary["input_rows"] == 0:
+        if summary.input_rows == 0:
             raise storage.StageInputError(f"{config.input}: the pool is empty (0 rows)")
-        summary["seconds"] = self.seconds()
+        summary.seconds = self.seconds()
         storage.write_json(storage.join(tmp, "metadata.json"), loaded.entries)
         if loaded.languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), loaded.languages)
-        return summary
+        return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
         log.info(
@@ -491,7 +492,7 @@ def summarize(
     roles,
     fmt: str,
     config: MatchConfig,
-) -> dict:
+) -> MatchSummary:
     """Counts read back from the committed Parquet (cheap: two narrow scans)."""
     pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
     rejects = spark.read.parquet(storage.spark_url(storage.join(directory, "rejects")))
@@ -507,23 +508,22 @@ def summarize(
     rejected = sum(by_reason.values())
     reasons = REJECT_REASONS + (JSONL_REJECT_REASONS if fmt == "jsonl" else ())
     matched = usable - per_k.get(0, 0)
-    return {
-        "stage": "match",
-        "input": config.input,
-        "input_format": fmt,
-        "columns": {"caption": roles.caption, "url": roles.url, "uid": roles.uid or "(derived)"},
-        "metadata": metadata_summary,
-        "casefold": config.casefold,
-        "input_rows": usable + rejected,
-        "usable_rows": usable,
-        "matched": matched,
-        "unmatched": per_k.get(0, 0),
-        "matched_share": matched / usable if usable else 0.0,
-        "rejected": rejected,
-        "rejects_by_reason": {reason: by_reason.get(reason, 0) for reason in reasons},
-        "matches_per_sample": {str(k): per_k[k] for k in sorted(per_k)},
-        "total_matches": sum(k * n for k, n in per_k.items()),
-    }
+    return MatchSummary(
+        input=config.input,
+        input_format=fmt,
+        columns={"caption": roles.caption, "url": roles.url, "uid": roles.uid or "(derived)"},
+        metadata=MetadataListSummary.from_json(metadata_summary),
+        casefold=config.casefold,
+        input_rows=usable + rejected,
+        usable_rows=usable,
+        matched=matched,
+        unmatched=per_k.get(0, 0),
+        matched_share=matched / usable if usable else 0.0,
+        rejected=rejected,
+        rejects_by_reason={reason: by_reason.get(reason, 0) for reason in reasons},
+        matches_per_sample={str(k): per_k[k] for k in sorted(per_k)},
+        total_matches=sum(k * n for k, n in per_k.items()),
+    )
 
 
 def reader_options(config: MatchConfig) -> ReaderOptions:

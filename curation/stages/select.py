@@ -39,6 +39,7 @@ from curation.balancing import ScoreParams, expected_repeats, score_arrow
 from curation.balancing.broadcast import broadcast_params, cached_params
 from curation.selection import draw_repeats, hash_uniform, select_mask, sorted_subset, uid_halves
 from curation.stages.base import Stage, StageResult, input_field, output_field
+from curation.summaries import SelectSummary
 
 log = logging.getLogger(__name__)
 
@@ -232,21 +233,20 @@ class SelectStage(Stage):
             .first()[0]
         )
         counts = selected.agg(F.count("*"), F.sum("repeats")).first()
-        summary = {
-            "stage": "select",
-            "seed": config.seed,
-            "with_replacement": config.with_replacement,
-            "all_eligible": config.all_eligible,
-            "method": params.method,
-            "expected_size": float(expected or 0.0),
-            "selected": int(counts[0]),
-            "total_repeats": int(counts[1] or 0),
-            "seconds": self.seconds(),
-        }
-        if summary["selected"] == 0:
-            summary["warning"] = empty_selection_warning(summary["expected_size"])
-            log.warning("select: %s", summary["warning"])
-        return summary
+        summary = SelectSummary(
+            seed=config.seed,
+            with_replacement=config.with_replacement,
+            all_eligible=config.all_eligible,
+            method=params.method,
+            expected_size=float(expected or 0.0),
+            selected=int(counts[0]),
+            total_repeats=int(counts[1] or 0),
+            seconds=self.seconds(),
+        )
+        if summary.selected == 0:
+            summary.warning = empty_selection_warning(summary.expected_size)
+            log.warning("select: %s", summary.warning)
+        return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
         log.info(
