@@ -1,0 +1,87 @@
+"""The report's aggregations without Spark: Polars scans that skip Hadoop side files, the head
+entries in the old order, and the rescoring of a signature table in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.balancing import ScoreParams, score_arrow
+from curation.balancing.rescoring import expected_by_level
+from curation.balancing.signatures import NULL_LEVEL
+from curation.report import aggregate
+from curation.report.run import StageOutput
+
+
+def output(path) -> StageOutput:
+    return StageOutput(path.name, str(path), "count", True, {"stage": "count"})
+
+
+def hadoop_folder(folder, tables: list[pa.Table]) -> None:
+    """Parquet part files with the side files Spark's Hadoop writer leaves next to them."""
+    folder.mkdir(parents=True)
+    for i, t in enumerate(tables):
+        pq.write_table(t, folder / f"part-{i:05d}.parquet")
+        (folder / f".part-{i:05d}.parquet.crc").write_bytes(b"\x00crc")
+    (folder / "_SUCCESS").write_bytes(b"")
+    (folder / "._SUCCESS.crc").write_bytes(b"\x00crc")
+
+
+def test_entries_per_level_reads_a_folder_with_hadoop_side_files(tmp_path):
+    hadoop_folder(
+        tmp_path / "counts" / "margin_entry_counts" / "source.parquet",
+        [
+            pa.table({"source": ["a", "a", None], "entry_id": [1, 2, 3]}),
+            pa.table({"source": ["b", "a"], "entry_id": [1, 4]}),
+        ],
+    )
+    got = aggregate.entries_per_level(output(tmp_path / "counts"), "source")
+    assert got == {"a": 3, "b": 1, NULL_LEVEL: 1}
+
+
+def test_level_counts_keep_the_table_order_and_name_null(tmp_path):
+    folder = tmp_path / "counts" / "margin_counts"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"lang": ["en", None, "fr"], "samples": [5, 2, 1]}), folder / "lang.parquet"
+    )
+    (folder / ".lang.parquet.crc").write_bytes(b"\x00")
+    out = output(tmp_path / "counts")
+    assert aggregate.counted_margins(out) == ["lang"]
+    assert aggregate.level_counts(out, "lang") == {"en": 5, NULL_LEVEL: 2, "fr": 1}
+    assert aggregate.level_counts(out, "missing") is None
+
+
+def test_head_entries_are_the_top_counts_ties_in_entry_order(tmp_path):
+    (tmp_path / "balance").mkdir()
+    counts = [3, 9, 0, 9, 1]
+    pq.write_table(
+        pa.table({"entry": list("abcde"), "count": counts, "target": [1.0] * 5}),
+        tmp_path / "balance" / "entry_factors.parquet",
+    )
+    rows = aggregate.head_entries(output(tmp_path / "balance"), 4)
+    want = [int(j) for j in np.argsort(-np.array(counts), kind="stable")[:4]]
+    assert [r["entry"] for r in rows] == [list("abcde")[j] for j in want]
+    assert all(r["count"] > 0 for r in rows)
+    assert "expected" not in rows[0]
+
+
+def test_rescoring_in_batches_sums_multiplicity_times_pi_per_level():
+    params = ScoreParams(method="metaclip", n_entries=3, entry_values=np.array([1.0, 0.5, 0.25]))
+    table = pa.table(
+        {
+            "entry_ids": pa.array([[0], [1], [1, 2], [2], []], pa.list_(pa.int32())),
+            "source": ["a", "b", None, "a", "b"],
+            "multiplicity": [2, 4, 1, 8, 3],
+        }
+    )
+    _, pi = score_arrow(params, table)
+    want: dict[str, float] = {}
+    for level, m, p in zip(table.column("source").to_pylist(), [2, 4, 1, 8, 3], pi):
+        key = NULL_LEVEL if level is None else level
+        want[key] = want.get(key, 0.0) + m * p
+    for size in (1, 2, 5):
+        got = expected_by_level(params, table.to_batches(max_chunksize=size), ["source"])
+        assert got["source"] == pytest.approx(want)
