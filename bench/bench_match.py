@@ -582,11 +582,11 @@ def _probe_partition(batches, matcher_file: str, caption_index: int):
     import pyarrow as _pa
     from pyspark import SparkFiles
 
-    from curation.matching import _MATCHERS, cached_matcher
+    from curation.matching import cached_matcher, is_matcher_cached
 
     t0 = _time.perf_counter()
     path = SparkFiles.get(matcher_file)
-    cached = path in _MATCHERS
+    cached = is_matcher_cached(path)
     matcher = cached_matcher(path)
     load = _time.perf_counter() - t0
     wait = match = match_cpu = 0.0

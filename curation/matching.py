@@ -214,13 +214,16 @@ class LanguageMatcher:
 
 
 # One matcher per Python worker process, keyed by the pickle file it came from. The cache lives in
-# this importable module (not in a job script's globals) so that cloudpickle does not ship it with
-# every task and Python worker reuse keeps it warm between tasks (spark-notes, pitfall 1).
+# this importable module, not in a job script's globals: cloudpickle ships a function's globals with
+# every task, so a cache there would be serialised with each task and start empty on the worker,
+# while a module-level cache is imported once per worker process and, with Python worker reuse
+# (spark.python.worker.reuse, on by default), stays warm between tasks. Use the functions below;
+# nothing outside this module touches the dict.
 _MATCHERS: dict[str, Matcher | LanguageMatcher] = {}
 
 
 def cached_matcher(path: str) -> Matcher | LanguageMatcher:
-    """Load the pickled matcher at ``path`` once per process."""
+    """Load the pickled matcher at ``path`` once per process (at most one stays resident)."""
     matcher = _MATCHERS.get(path)
     if matcher is None:
         with open(path, "rb") as f:
@@ -228,3 +231,13 @@ def cached_matcher(path: str) -> Matcher | LanguageMatcher:
         _MATCHERS.clear()  # keep at most one automaton resident per worker
         _MATCHERS[path] = matcher
     return matcher
+
+
+def is_matcher_cached(path: str) -> bool:
+    """True when this process already holds the matcher of ``path`` (a warm worker)."""
+    return path in _MATCHERS
+
+
+def clear_matcher_cache() -> None:
+    """Drop the matcher this process holds (the next :func:`cached_matcher` loads it again)."""
+    _MATCHERS.clear()

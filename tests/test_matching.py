@@ -203,3 +203,22 @@ def test_matcher_equals_naive_on_every_real_caption(real_captions):
             assert np.array_equal(got, want), f"{name} (casefold={casefold}): sets differ"
             total += len(captions)
     assert total > 0
+
+
+def test_the_matcher_cache_loads_a_pickle_once_and_keeps_one(tmp_path):
+    from curation.matching import cached_matcher, clear_matcher_cache, is_matcher_cached
+
+    paths = []
+    for i, entries in enumerate((["dog"], ["cat"])):
+        path = tmp_path / f"m{i}.pkl"
+        path.write_bytes(pickle.dumps(Matcher(entries)))
+        paths.append(str(path))
+    clear_matcher_cache()
+    assert not is_matcher_cached(paths[0])
+    first = cached_matcher(paths[0])
+    assert is_matcher_cached(paths[0]) and cached_matcher(paths[0]) is first
+    assert first.match("a dog") == [0]
+    cached_matcher(paths[1])
+    assert is_matcher_cached(paths[1]) and not is_matcher_cached(paths[0])
+    clear_matcher_cache()
+    assert not is_matcher_cached(paths[1])
