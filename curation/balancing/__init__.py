@@ -10,91 +10,45 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blocks import BlockOperator, MemoryBlockOperator
-from .diagnostics import diagnostics, diagnostics_from_stats
-from .distributed import (
-    DEFAULT_MAX_DRIVER_NNZ,
-    choose_execution,
-    run_method_auto,
-    run_method_on,
-    run_method_spark,
-)
-from .dual_solver import QuasiNewtonMemory, RakeSolution, solve_box_dual
-from .metaclip import (
-    cap_from_tail_share,
-    metaclip,
-    metaclip_on,
-    metaclip_probs,
-    solve_cap_for_size,
-    tail_share,
-)
-from .operators import AggregateStats, LocalOperator, ScoreSums
-from .pair_balance import balance, balance_factors, balance_on
-from .params import (
-    METHODS,
-    BalanceResult,
-    ScoreParams,
-    expected_repeats,
-    raw_scores,
-    score_arrow,
-    score_batch,
-    segment_sum,
-)
-from .rake import OBJECTIVES, build_problem, rake, rake_on
-from .signatures import SignatureTable, encode_margin, list_array_to_csr
-from .spark_operator import SparkOperator
-from .target_size import TargetSizeError, expected_size, solve_monotone, solve_prob_scale
-from .targets import EntryTarget, capped_targets, entry_target_distribution
+# Names imported ``as`` themselves are not in the public API (reach them through their modules);
+# they stay importable from here for the callers that already do.
+from .diagnostics import diagnostics
+from .distributed import choose_execution as choose_execution
+from .distributed import run_method_auto, run_method_on, run_method_spark
+from .dual_solver import solve_box_dual as solve_box_dual
+from .metaclip import cap_from_tail_share as cap_from_tail_share
+from .metaclip import metaclip
+from .metaclip import metaclip_probs as metaclip_probs
+from .metaclip import tail_share as tail_share
+from .operators import LocalOperator
+from .pair_balance import balance
+from .params import METHODS, BalanceResult, ScoreParams, expected_repeats, score_arrow, score_batch
+from .params import segment_sum as segment_sum
+from .rake import build_problem as build_problem
+from .rake import rake
+from .signatures import SignatureTable
+from .target_size import TargetSizeError
+from .target_size import solve_prob_scale as solve_prob_scale
 
+# The public API: build a signature table, solve a method, score rows, read the diagnostics.
+# The solvers' parts (dual solver, problem builder, operators, target-size search, ...) are
+# reached through their own modules.
 __all__ = [
-    "DEFAULT_MAX_DRIVER_NNZ",
     "METHODS",
-    "OBJECTIVES",
-    "AggregateStats",
     "BalanceResult",
-    "BlockOperator",
-    "EntryTarget",
-    "LocalOperator",
-    "MemoryBlockOperator",
-    "QuasiNewtonMemory",
-    "RakeSolution",
     "ScoreParams",
-    "ScoreSums",
     "SignatureTable",
-    "SparkOperator",
     "TargetSizeError",
     "balance",
-    "balance_factors",
-    "balance_on",
-    "build_problem",
-    "cap_from_tail_share",
-    "capped_targets",
-    "choose_execution",
     "diagnostics",
-    "diagnostics_from_stats",
-    "encode_margin",
-    "entry_target_distribution",
     "expected_repeats",
-    "expected_size",
-    "list_array_to_csr",
     "metaclip",
-    "metaclip_on",
-    "metaclip_probs",
     "rake",
-    "rake_on",
-    "raw_scores",
     "run_method",
     "run_method_auto",
-    "run_method_on",
     "run_method_spark",
     "score_arrow",
     "score_batch",
-    "segment_sum",
-    "solve_box_dual",
-    "solve_cap_for_size",
-    "solve_monotone",
-    "solve_prob_scale",
-    "tail_share",
 ]
 
 
