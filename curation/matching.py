@@ -1,6 +1,6 @@
 """Caption matching with MetaCLIP's whole-phrase semantics, by Aho–Corasick.
 
-The rule (MetaCLIP, Xu et al. 2023, ``metaclip/substr_matching.py``; ``shared/specs/balancing.md``):
+The rule (MetaCLIP, Xu et al. 2023, ``metaclip/substr_matching.py``; ``docs/matching.md``):
 
 1. spacing: the caption is surrounded by one space, each of ``, . ; : ? !`` and the backtick gets a
    space on both sides, and tab, newline and carriage return become a space;
@@ -151,7 +151,7 @@ class Matcher:
         )
 
     def save(self, path: str) -> None:
-        """Pickle the matcher (faster to load than rebuilding the automaton; spark-notes)."""
+        """Pickle the matcher (faster to load than rebuilding the automaton; docs/spark.md, pitfall 2)."""
         with open(path, "wb") as f:
             pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -6,7 +6,7 @@ A metadata list is an ordered list of entry strings; an entry's id is its positi
 - MetaCLIP's ``metadata.json``: one JSON array of strings;
 - plain text: one entry per line (UTF-8, ``\\n`` separated; a trailing newline is allowed).
 
-Hygiene (``shared/specs/balancing.md``, "Metadata hygiene"): an empty entry, a whitespace-only
+Hygiene (``docs/matching.md``, "Metadata hygiene"): an empty entry, a whitespace-only
 entry or an all-punctuation entry is an error naming its line (1-based; for JSON, the array index + 1
 is reported as the "line" together with the index). Duplicate entries are an error, or with
 ``drop_duplicates=True`` the later copies are dropped (the first keeps its id) with a warning that

@@ -2,7 +2,7 @@
 
 Under ``spark-submit`` the session that spark-submit configured is reused as it is. Otherwise a local
 in-process session is started (``local[*]`` unless told otherwise) with the settings measured in
-``shared/specs/spark-notes.md``: Python workers run this interpreter (pitfall 4), Spark gets its own
+``docs/spark.md``: Python workers run this interpreter (pitfall 4), Spark gets its own
 ``spark.local.dir`` (pitfall 6), the loopback address is fixed (pitfall 7), the UI is off, and file
 splits are small enough that a pool of a few files still makes several tasks per core (pitfall 3).
 """

@@ -158,7 +158,7 @@ def test_cluster_run_with_a_killed_executor_equals_local(tmp_path, cluster):
             "spark.eventLog.dir": f"file://{events}",
             "spark.eventLog.compress": "false",
             "spark.eventLog.rolling.enabled": "false",
-            # one task per input file (spark-notes, pitfall 3), not two tasks for the eight
+            # one task per input file (docs/spark.md, pitfall 3), not two tasks for the eight
             "spark.sql.files.maxPartitionBytes": "2m",
         },
         py_files=py_files,

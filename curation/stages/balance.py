@@ -1,8 +1,7 @@
 """The ``balance`` stage: per-entry factors, per-sample weights and inclusion probabilities.
 
 Reads the ``count`` stage's distinct-signature table, solves one of the methods of
-``shared/specs/balancing.md`` (``metaclip``, ``balance``, ``rake``; see ``docs/balancing.md``),
-and scores every sample of the matched pool with the solved parameters.
+``docs/balancing.md`` (``metaclip``, ``balance``, ``rake``), and scores every sample of the matched pool with the solved parameters.
 
 Output directory (committed atomically)::
 

@@ -189,7 +189,7 @@ def ship_matcher(
 
     The pickle is named by the fingerprint of the lists, options, pyahocorasick and Python
     versions, built only when it is not cached on disk yet, and registered with ``addFile`` once
-    per Spark session. Workers load it from ``SparkFiles`` once per Python process (spark-notes
+    per Spark session. Workers load it from ``SparkFiles`` once per Python process (docs/spark.md,
     pitfalls 1 and 2).
     """
     name = f"matcher-{fingerprint}.pkl"
