@@ -99,189 +99,234 @@ def read_extra(path: str) -> list[Candidate]:
 
 
 def build_metadata(spark: SparkSession | None, sources: Sources, rules: BuildRules) -> BuildResult:
-    """Read ``sources`` and merge them into one list per language by ``rules``."""
-    multilingual = bool(sources.lang_col)
-    wordnet_lang = rules.wordnet_lang if multilingual else ""
-    builders: dict[str, ListBuilder] = {}
-    details: dict[str, Any] = {}
+    """Read ``sources`` and merge them into one list per language by ``rules``.
 
-    wordnet_candidates: list[Candidate] = []
+    The sources are added in a fixed order (numbers, WordNet, corpus unigrams then bigrams,
+    titles, extra entries), which is the order :class:`ListBuilder` resolves duplicates in.
+    """
+    lists = _Lists(sources, rules)
     if sources.wordnet:
-        wn = read_wordnet(sources.wordnet)
+        lists.read_wordnet()
+    if not lists.multilingual or sources.wordnet:
+        lists.builder(lists.wordnet_lang)
+    if sources.corpus:
+        if spark is None:
+            raise ValueError("metadata: counting a corpus needs a Spark session")
+        _add_corpus(spark, lists)
+    if sources.titles:
+        if spark is None:
+            raise ValueError("metadata: reading a titles file needs a Spark session")
+        _add_titles(spark, lists)
+    if sources.extra:
+        extra = read_extra(sources.extra)
+        lists.details["extra"] = {"lines": len(extra)}
+        for lang in sorted(lists.builders):
+            lists.builders[lang].add_source("extra", extra)
+    for lang, b in sorted(lists.builders.items()):
+        b.check(f"metadata list{f' {lang!r}' if lists.multilingual else ''}")
+    return BuildResult(lists.builders, lists.multilingual, lists.details)
+
+
+class _Lists:
+    """The lists being built, one per language, and the per-source statistics."""
+
+    def __init__(self, sources: Sources, rules: BuildRules) -> None:
+        self.sources, self.rules = sources, rules
+        self.multilingual = bool(sources.lang_col)
+        self.wordnet_lang = rules.wordnet_lang if self.multilingual else ""
+        self.builders: dict[str, ListBuilder] = {}
+        self.details: dict[str, Any] = {}
+        self.wordnet_candidates: list[Candidate] = []
+
+    def read_wordnet(self) -> None:
+        wn = read_wordnet(self.sources.wordnet)
         # detail: the first synset's id, and its first lemma when the name is not just that lemma
         # with spaces (lower-cased, marker stripped or cut at a dot).
-        wordnet_candidates = [
+        self.wordnet_candidates = [
             Candidate(
                 name, count=len(ids), detail=_wordnet_detail(name, ids[0], wn.first_lemma[name])
             )
             for name, ids in sorted(wn.names.items())
         ]
-        details["wordnet"] = {
+        self.details["wordnet"] = {
             "synsets": wn.synsets,
             "synsets_per_file": wn.per_file,
             "distinct_names": len(wn.names),
             "names_cut_at_dot": wn.cut_at_dot,
             "sha256": wn.sha256,
         }
-        if multilingual:
-            details["wordnet"]["lang"] = wordnet_lang
+        if self.multilingual:
+            self.details["wordnet"]["lang"] = self.wordnet_lang
         log.info(
-            "metadata: WordNet %s: %d synsets, %d names", sources.wordnet, wn.synsets, len(wn.names)
+            "metadata: WordNet %s: %d synsets, %d names",
+            self.sources.wordnet,
+            wn.synsets,
+            len(wn.names),
         )
 
-    def builder(lang: str) -> ListBuilder:
+    def builder(self, lang: str) -> ListBuilder:
         """The list of ``lang``, created with the sources that precede the corpus."""
-        b = builders.get(lang)
+        b = self.builders.get(lang)
         if b is None:
-            b = builders[lang] = ListBuilder(lang, rules.max_entry_chars, rules.drop_unmatchable)
+            rules = self.rules
+            b = ListBuilder(lang, rules.max_entry_chars, rules.drop_unmatchable)
+            self.builders[lang] = b
             if rules.numbers:
                 b.add_source("numbers", (Candidate(n) for n in NUMBERS))
-            if sources.wordnet and lang == wordnet_lang:
-                b.add_source("wordnet", wordnet_candidates)
+            if self.sources.wordnet and lang == self.wordnet_lang:
+                b.add_source("wordnet", self.wordnet_candidates)
         return b
 
-    def cap(limit: int) -> Cap | None:
+    def cap(self, limit: int) -> Cap | None:
+        """The per-language cap of a source (``limit`` entries beyond those already listed)."""
         if not limit:
             return None
-        base = len(NUMBERS) if rules.numbers else 0
+        base = len(NUMBERS) if self.rules.numbers else 0
         return Cap(
-            {lang: limit + len(b) for lang, b in builders.items()},
+            {lang: limit + len(b) for lang, b in self.builders.items()},
             limit + base,
-            rules.max_entry_chars,
-            rules.drop_unmatchable,
+            self.rules.max_entry_chars,
+            self.rules.drop_unmatchable,
         )
 
-    if not multilingual or sources.wordnet:
-        builder(wordnet_lang)
+    def add_ranked(self, source: str, by_lang: dict[str, list], key, make, limit: int) -> None:
+        """Add ``source``'s candidates to each language's list, ranked by ``key``."""
+        for lang in sorted(by_lang):
+            ranked = sorted(by_lang[lang], key=key)
+            self.builder(lang).add_source(source, (make(c) for c in ranked), limit)
 
-    if sources.corpus:
-        if spark is None:
-            raise ValueError("metadata: counting a corpus needs a Spark session")
-        df, fmt = read_table(spark, sources.corpus, "corpus", sources.corpus_format)
-        if fmt == "text":
-            if sources.lang_col:
-                raise ValueError(
-                    f"{sources.corpus}: a plain-text corpus has no language column; give Parquet or "
-                    "JSONL with the --lang-col column to build per-language lists"
-                )
-            text = "value"
-        else:
-            text = pick_column(
-                df.columns, sources.text_col, TEXT_CANDIDATES, "text", sources.corpus
+
+def _corpus_counts(spark: SparkSession, sources: Sources, rules: BuildRules) -> tuple[Any, str]:
+    """The corpus's n-gram counts (a DataFrame, not persisted) and its format."""
+    df, fmt = read_table(spark, sources.corpus, "corpus", sources.corpus_format)
+    if fmt == "text":
+        if sources.lang_col:
+            raise ValueError(
+                f"{sources.corpus}: a plain-text corpus has no language column; give Parquet or "
+                "JSONL with the --lang-col column to build per-language lists"
             )
-        selected = [column(text).alias("text")]
-        if multilingual:
-            selected.append(language_column(df, sources.lang_col, sources.corpus))
-        counts = count_ngrams_spark(df.select(*selected), rules.partitions)
-        counts = counts.persist()
-        try:
-            stats = corpus_stats(counts)
-            if not any(s.rows for s in stats.languages.values()):
-                raise StageInputError(
-                    f"{sources.corpus}: the corpus holds no text (0 non-empty rows)"
-                )
-            for lang in sorted(stats.languages):
-                builder(lang)
-            unigrams = unigram_candidates(counts, rules.min_unigram_count, cap(rules.max_unigrams))
-            by_lang: dict[str, list] = defaultdict(list)
-            for lang, token, n in unigrams.rows:
-                by_lang[lang].append((token, n))
-            for lang in sorted(by_lang):
-                ranked = sorted(by_lang[lang], key=lambda tn: (-tn[1], tn[0]))
-                builder(lang).add_source(
-                    "unigram", (Candidate(t, count=n) for t, n in ranked), rules.max_unigrams
-                )
-            totals = {lang: s.tokens for lang, s in stats.languages.items()}
-            bigrams = bigram_candidates(
-                counts,
-                totals,
-                rules.min_bigram_pmi,
-                rules.min_bigram_count,
-                cap(rules.max_bigrams),
-            )
-        finally:
-            counts.unpersist()
-        bi_by_lang: dict[str, list] = defaultdict(list)
-        for b in bigrams.rows:
-            bi_by_lang[b.lang].append(b)
-        for lang in sorted(bi_by_lang):
-            ranked = sorted(bi_by_lang[lang], key=lambda b: (-b.pmi, -b.n, b.text))
-            builder(lang).add_source(
-                "bigram",
-                (
-                    Candidate(b.text, count=b.n, pmi=b.pmi, detail=f"n(w1)={b.n1} n(w2)={b.n2}")
-                    for b in ranked
-                ),
-                rules.max_bigrams,
-            )
-        per_lang = {
-            lang: {
-                **s.as_dict(),
-                "unigrams_above_threshold": unigrams.above_threshold.get(lang, 0),
-                "bigrams_above_threshold": bigrams.above_threshold.get(lang, 0),
-            }
+        text = "value"
+    else:
+        text = pick_column(df.columns, sources.text_col, TEXT_CANDIDATES, "text", sources.corpus)
+    selected = [column(text).alias("text")]
+    if sources.lang_col:
+        selected.append(language_column(df, sources.lang_col, sources.corpus))
+    return count_ngrams_spark(df.select(*selected), rules.partitions), fmt
+
+
+def _corpus_candidates(lists: _Lists, counts: Any) -> tuple[Any, Any, Any]:
+    """Statistics, unigram and bigram candidates of the counted corpus (unigrams added)."""
+    rules = lists.rules
+    stats = corpus_stats(counts)
+    if not any(s.rows for s in stats.languages.values()):
+        raise StageInputError(
+            f"{lists.sources.corpus}: the corpus holds no text (0 non-empty rows)"
+        )
+    for lang in sorted(stats.languages):
+        lists.builder(lang)
+    unigrams = unigram_candidates(counts, rules.min_unigram_count, lists.cap(rules.max_unigrams))
+    by_lang: dict[str, list] = defaultdict(list)
+    for lang, token, n in unigrams.rows:
+        by_lang[lang].append((token, n))
+    lists.add_ranked(
+        "unigram",
+        by_lang,
+        lambda tn: (-tn[1], tn[0]),
+        lambda tn: Candidate(tn[0], count=tn[1]),
+        rules.max_unigrams,
+    )
+    totals = {lang: s.tokens for lang, s in stats.languages.items()}
+    bigrams = bigram_candidates(
+        counts,
+        totals,
+        rules.min_bigram_pmi,
+        rules.min_bigram_count,
+        lists.cap(rules.max_bigrams),
+    )
+    return stats, unigrams, bigrams
+
+
+def _add_corpus(spark: SparkSession, lists: _Lists) -> None:
+    """Count the corpus, add its unigrams and bigrams, record its statistics."""
+    counts, fmt = _corpus_counts(spark, lists.sources, lists.rules)
+    counts = counts.persist()
+    try:
+        stats, unigrams, bigrams = _corpus_candidates(lists, counts)
+    finally:
+        counts.unpersist()
+    bi_by_lang: dict[str, list] = defaultdict(list)
+    for b in bigrams.rows:
+        bi_by_lang[b.lang].append(b)
+    lists.add_ranked(
+        "bigram",
+        bi_by_lang,
+        lambda b: (-b.pmi, -b.n, b.text),
+        lambda b: Candidate(b.text, count=b.n, pmi=b.pmi, detail=f"n(w1)={b.n1} n(w2)={b.n2}"),
+        lists.rules.max_bigrams,
+    )
+    per_lang = {
+        lang: {
+            **s.as_dict(),
+            "unigrams_above_threshold": unigrams.above_threshold.get(lang, 0),
+            "bigrams_above_threshold": bigrams.above_threshold.get(lang, 0),
+        }
+        for lang, s in sorted(stats.languages.items())
+    }
+    corpus: dict[str, Any] = {"format": fmt}
+    if lists.multilingual:
+        corpus["languages"] = per_lang
+        corpus["bad_lang_rows"] = stats.bad_lang_rows
+        corpus["bad_lang_examples"] = stats.bad_lang_examples
+    else:
+        corpus.update(per_lang.get("", {}))
+    lists.details["corpus"] = corpus
+    log.info(
+        "metadata: corpus %s: %s",
+        lists.sources.corpus,
+        ", ".join(
+            f"{lang or 'all'} {s.rows:,} rows {s.tokens:,} tokens"
             for lang, s in sorted(stats.languages.items())
-        }
-        details["corpus"] = {"format": fmt}
-        if multilingual:
-            details["corpus"]["languages"] = per_lang
-            details["corpus"]["bad_lang_rows"] = stats.bad_lang_rows
-            details["corpus"]["bad_lang_examples"] = stats.bad_lang_examples
-        else:
-            details["corpus"].update(per_lang.get("", {}))
-        log.info(
-            "metadata: corpus %s: %s",
-            sources.corpus,
-            ", ".join(
-                f"{lang or 'all'} {s.rows:,} rows {s.tokens:,} tokens"
-                for lang, s in sorted(stats.languages.items())
-            ),
-        )
+        ),
+    )
 
-    if sources.titles:
-        if spark is None:
-            raise ValueError("metadata: reading a titles file needs a Spark session")
-        titles_df = read_titles(
-            spark, sources.titles, sources.title_col, sources.views_col, sources.lang_col
-        )
-        titles = title_candidates(
-            titles_df, rules.min_title_views, cap(rules.max_titles), multilingual
-        )
-        if titles.rows == 0:
-            raise StageInputError(f"{sources.titles}: the titles file is empty (0 rows)")
-        t_by_lang: dict[str, list] = defaultdict(list)
-        for lang, title, views in titles.candidates:
-            t_by_lang[lang].append((title, views))
-        for lang in sorted(t_by_lang):
-            ranked = sorted(t_by_lang[lang], key=lambda tv: (-tv[1], tv[0]))
-            builder(lang).add_source(
-                "title", (Candidate(t, views=v) for t, v in ranked), rules.max_titles
-            )
-        # Titles rejected for ":" are counted in their language's list (20 are listed by name).
-        for lang, n in titles.colon_titles.items():
-            if lang in builders:
-                builders[lang].reject("title", "title_has_colon", None, n=n)
-        for example in titles.colon_examples:
-            b = builders.get(example["lang"])
-            if b is not None:
-                b.reject("title", "title_has_colon", example["entry"], n=0, views=example["views"])
-        details["titles"] = {
-            "rows": titles.rows,
-            "bad_rows": titles.bad_rows,
-            "distinct_titles": titles.distinct_titles,
-            "above_threshold": titles.above_threshold,
-            "with_colon": sum(titles.colon_titles.values()),
-            "with_colon_examples": titles.colon_examples,
-        }
-        if multilingual:
-            details["titles"]["bad_lang_rows"] = titles.bad_lang_rows
 
-    if sources.extra:
-        extra = read_extra(sources.extra)
-        details["extra"] = {"lines": len(extra)}
-        for lang in sorted(builders):
-            builders[lang].add_source("extra", extra)
-
-    for lang, b in sorted(builders.items()):
-        b.check(f"metadata list{f' {lang!r}' if multilingual else ''}")
-    return BuildResult(builders, multilingual, details)
+def _add_titles(spark: SparkSession, lists: _Lists) -> None:
+    """Read the titles file, add the titles above the view threshold, record its statistics."""
+    sources, rules, multilingual = lists.sources, lists.rules, lists.multilingual
+    titles_df = read_titles(
+        spark, sources.titles, sources.title_col, sources.views_col, sources.lang_col
+    )
+    titles = title_candidates(
+        titles_df, rules.min_title_views, lists.cap(rules.max_titles), multilingual
+    )
+    if titles.rows == 0:
+        raise StageInputError(f"{sources.titles}: the titles file is empty (0 rows)")
+    t_by_lang: dict[str, list] = defaultdict(list)
+    for lang, title, views in titles.candidates:
+        t_by_lang[lang].append((title, views))
+    lists.add_ranked(
+        "title",
+        t_by_lang,
+        lambda tv: (-tv[1], tv[0]),
+        lambda tv: Candidate(tv[0], views=tv[1]),
+        rules.max_titles,
+    )
+    # Titles rejected for ":" are counted in their language's list (20 are listed by name).
+    builders = lists.builders
+    for lang, n in titles.colon_titles.items():
+        if lang in builders:
+            builders[lang].reject("title", "title_has_colon", None, n=n)
+    for example in titles.colon_examples:
+        b = builders.get(example["lang"])
+        if b is not None:
+            b.reject("title", "title_has_colon", example["entry"], n=0, views=example["views"])
+    lists.details["titles"] = {
+        "rows": titles.rows,
+        "bad_rows": titles.bad_rows,
+        "distinct_titles": titles.distinct_titles,
+        "above_threshold": titles.above_threshold,
+        "with_colon": sum(titles.colon_titles.values()),
+        "with_colon_examples": titles.colon_examples,
+    }
+    if multilingual:
+        lists.details["titles"]["bad_lang_rows"] = titles.bad_lang_rows

@@ -468,19 +468,12 @@ class BigramCandidates:
     above_threshold: dict[str, int]  # per language: bigrams with n >= min_count and PMI >= min_pmi
 
 
-def bigram_candidates(
-    counts: DataFrame,
-    totals: dict[str, int],
-    min_pmi: float,
-    min_count: int,
-    cap: Cap | None = None,
-) -> BigramCandidates:
-    """Bigrams with ``n ≥ min_count`` and ``PMI ≥ min_pmi`` (see the module docstring), ranked by
-    PMI descending, then ``n`` descending, then text."""
+def _scored_bigrams(
+    counts: DataFrame, langs: dict[str, int], min_pmi: float, min_count: int
+) -> DataFrame:
+    """Bigrams with ``n ≥ min_count`` and ``PMI ≥ min_pmi``, with their word counts, PMI and
+    text (lang, w1, sep, w2, n, n1, n2, pmi, text)."""
     spark = counts.sparkSession
-    langs = {lang: n for lang, n in totals.items() if n > 0}
-    if not langs:
-        return BigramCandidates([], {})
     # A bigram (and each of its words) needs n · 2^θ ≤ N to reach PMI θ; the slack absorbs rounding.
     scale = 2.0**min_pmi if min_pmi < 1000 else math.inf
     totals_df = spark.createDataFrame(
@@ -505,7 +498,7 @@ def bigram_candidates(
     )
     left = words.withColumnsRenamed({"token": "w1", "nw": "n1"})
     right = words.withColumnsRenamed({"token": "w2", "nw": "n2"})
-    scored = (
+    return (
         pairs.join(left, ["lang", "w1"])
         .join(right, ["lang", "w2"])
         .withColumn(
@@ -526,6 +519,21 @@ def bigram_candidates(
             F.concat("w1", "sep", "w2").alias("text"),
         )
     )
+
+
+def bigram_candidates(
+    counts: DataFrame,
+    totals: dict[str, int],
+    min_pmi: float,
+    min_count: int,
+    cap: Cap | None = None,
+) -> BigramCandidates:
+    """Bigrams with ``n ≥ min_count`` and ``PMI ≥ min_pmi`` (see the module docstring), ranked by
+    PMI descending, then ``n`` descending, then text."""
+    langs = {lang: n for lang, n in totals.items() if n > 0}
+    if not langs:
+        return BigramCandidates([], {})
+    scored = _scored_bigrams(counts, langs, min_pmi, min_count)
     above = None
     if cap is not None:
         scored = scored.persist()
