@@ -19,7 +19,6 @@ Run with ``make bench-shards`` (``ARGS="--shards 4 --per-shard 500"`` for a quic
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -29,65 +28,13 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._data import IMAGE_GENERATOR_VERSION, generate_image_shards  # noqa: E402
+from bench._monitor import ProcessMonitor  # noqa: E402
+
 MIB = 1024 * 1024
-GENERATOR_VERSION = 1
-
-
-def make_jpeg(rng: np.random.Generator, side: int) -> bytes:
-    from PIL import Image
-
-    arr = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=80)
-    return buf.getvalue()
-
-
-def generate(data: Path, shards: int, per_shard: int, side: int, seed: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from curation.storage import atomic_directory
-
-    if (data / "done").exists():
-        return
-    shutil.rmtree(data, ignore_errors=True)
-    (data / "shards").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    pool = [make_jpeg(rng, side) for _ in range(64)]  # reused: generation is not the point
-    rows = []
-    for s in range(shards):
-        meta_rows = []
-        with tarfile.open(data / "shards" / f"{s:05d}.tar", "w") as tf:
-            for i in range(per_shard):
-                n = s * per_shard + i
-                key, uid = f"{n:09d}", f"{n:032x}"
-                caption = f"benchmark caption {n}"
-                meta = json.dumps({"key": key, "uid": uid, "caption": caption}).encode()
-                for ext, blob in (("jpg", pool[n % 64]), ("txt", caption.encode()), ("json", meta)):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(blob)
-                    tf.addfile(info, io.BytesIO(blob))
-                meta_rows.append({"key": key, "uid": uid, "caption": caption, "status": "success"})
-                rows.append(
-                    {
-                        "uid": uid,
-                        "url": f"http://bench.invalid/{n}.jpg",
-                        "caption": caption,
-                        "entry_ids": [n % 100],
-                        "weight": 1.0,
-                        "inclusion_prob": 1.0,
-                        "repeats": 1,
-                    }
-                )
-        pq.write_table(pa.Table.from_pylist(meta_rows), data / "shards" / f"{s:05d}.parquet")
-    with atomic_directory(str(data / "selected"), {"stage": "select", "bench": True}) as tmp:
-        os.makedirs(f"{tmp}/selected")
-        pq.write_table(pa.Table.from_pylist(rows), f"{tmp}/selected/part-00000.parquet")
-    (data / "done").touch()
 
 
 def input_bytes(data: Path) -> int:
@@ -129,10 +76,10 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(args.workdir)
-    key = f"v{GENERATOR_VERSION}-s{args.shards}-n{args.per_shard}-x{args.side}-r{args.seed}"
+    key = f"v{IMAGE_GENERATOR_VERSION}-s{args.shards}-n{args.per_shard}-x{args.side}-r{args.seed}"
     data = work / "data" / key
     t = time.perf_counter()
-    generate(data, args.shards, args.per_shard, args.side, args.seed)
+    generate_image_shards(data, args.shards, args.per_shard, args.side, args.seed)
     gen_s = time.perf_counter() - t
     size = input_bytes(data)
     samples = args.shards * args.per_shard
@@ -165,6 +112,8 @@ def main() -> int:
     spark = get_spark(
         SparkConfig(master=args.master, local_dir=str(work / "spark-local"), driver_memory="2g")
     )
+    monitor = ProcessMonitor()
+    monitor.start()
     for name, shuffle in (
         ("reshard cold", False),
         ("reshard warm", False),
@@ -179,11 +128,15 @@ def main() -> int:
             shuffle=shuffle,
             seed=1,
         )
+        monitor.begin()
         t = time.perf_counter()
         result = run_reshard(spark, config, force=True)
         os.sync()
         record(f"{name} ({args.master})", time.perf_counter() - t)
-        results["runs"][f"{name} ({args.master})"]["phases"] = result.stats["timings"]
+        run = results["runs"][f"{name} ({args.master})"]
+        run["phases"] = result.stats["timings"]
+        run["processes"] = monitor.end()
+    monitor.stop()
     spark.stop()
     results["load_average_end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps(results, indent=2))
