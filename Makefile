@@ -121,3 +121,9 @@ bench-match: install
 
 clean-demo:
 	rm -rf $(RUN)
+
+# The stage targets' help comes from the stage registry (curation/pipeline.py), which needs only
+# the standard library: it works before `make install`.
+.PHONY: help
+help:
+	@PYTHONPATH=. $(PYTHON) -m curation.pipeline

@@ -161,3 +161,32 @@ def default_paths(name: str, run_dir: str, pool: str, in_run: set[str]) -> dict[
                 paths[option] = value
                 break
     return paths
+
+
+_FEED_NAMES = {"@pool": "run.pool", "@run": "the run directory"}
+
+
+def make_help() -> str:
+    """``make help``: one line per stage target, from this registry (order, output, inputs)."""
+    lines = [
+        'Stage targets, in pipeline order (each takes CONFIG=<file.yaml|toml> and ARGS="<flags>"):'
+    ]
+    for s in STAGES:
+        feeds = "; ".join(
+            f"--{option} from {' or '.join(_FEED_NAMES.get(src, src) for src in sources)}"
+            for option, sources in s.feeds.items()
+        )
+        where = f"{s.directory}/" if s.directory and "." not in s.directory else s.directory
+        run = "in `curate run`" if s.default else "optional"
+        lines.append(f"  make {s.name:<10} {s.what} -> {where or '(its --output)'} ({run})")
+        if feeds:
+            lines.append(f"  {'':<15} {feeds}")
+    lines += [
+        "Other targets: install, demo, run, test, test-cluster, lint, format, lock, test-latest,",
+        "  bench-match, bench-balance, bench-shards, clean-demo",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(make_help())
