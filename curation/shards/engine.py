@@ -49,6 +49,7 @@ from curation.shards.plan import (
 )
 from curation.shards.tario import CorruptTarError, ScanCounts, scan_tar
 from curation.shards.writer import atomic_open, write_output_shard
+from curation.summaries import ShardStats
 
 # --- step 1: scan ---------------------------------------------------------------------------
 
@@ -325,10 +326,21 @@ def _dec(col) -> Any:
     return F.col(col).cast("decimal(38,18)")
 
 
+@dataclass(frozen=True)
+class ReshardOptions:
+    """How the engine writes a shard set (the reshard and download stages' shared options)."""
+
+    samples_per_shard: int
+    shuffle: bool
+    seed: int
+    uid_col: str
+    s3: storage.S3Options
+
+
 @dataclass
 class ReshardOutcome:
     sizes: dict[str, int]
-    stats: dict[str, Any]
+    stats: ShardStats
     missing: pa.Table  # uid, url of the selected samples not written
 
 
@@ -337,11 +349,7 @@ def reshard_into(
     sources: list[str],
     selection: DataFrame,
     output: str,
-    samples_per_shard: int,
-    shuffle: bool,
-    seed: int,
-    uid_col: str,
-    s3: storage.S3Options,
+    options: ReshardOptions,
 ) -> ReshardOutcome:
     """Scan ``sources``, plan against ``selection`` and write the shards into ``output``.
 
@@ -355,148 +363,201 @@ def reshard_into(
         sc.parallelize(list(enumerate(sources)), max(1, len(sources))), "src int, url string"
     )
     scanned = paths.mapInArrow(
-        partial(_scan_batches, uid_col=uid_col, s3=s3), SCAN_SCHEMA
+        partial(_scan_batches, uid_col=options.uid_col, s3=options.s3), SCAN_SCHEMA
     ).persist()
     try:
-        return _plan_and_write(
-            spark, scanned, sources, selection, output, samples_per_shard, shuffle, seed, s3
-        )
+        return _plan_and_write(spark, scanned, sources, selection, output, options)
     finally:
         scanned.unpersist()
         sc.setJobDescription(None)
 
 
-def _plan_and_write(
-    spark, scanned, sources, selection, output, samples_per_shard, shuffle, seed, s3
-) -> ReshardOutcome:
-    sc = spark.sparkContext
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+class _Laps:
+    """Seconds per step, for the stats' ``timings``."""
 
-    def lap(name: str) -> None:
-        nonlocal clock
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
+        self.timings[name] = round(now - self.clock, 3)
+        self.clock = now
 
-    counts_rows = scanned.filter("seq = -1").select("counts_json").collect()
-    lap("scan")
-    scan_counts: dict[str, int] = {}
-    for row in counts_rows:
+
+@dataclass
+class _Plan:
+    """The plan of a shard set: the selected samples found, in written order."""
+
+    ordered: DataFrame  # PLAN_COLUMNS, sorted by the order key (persisted)
+    selection: DataFrame  # SELECTION_COLUMNS
+    usable: DataFrame  # scanned samples with a uid and an image
+    selected: Any  # n (uids), samples (Σ repeats), w (Σ weight · repeats) of the selection
+    planned: Any  # n (samples written), uids (found), w of the found uids
+
+
+def _scan_counts(scanned: DataFrame) -> dict[str, int]:
+    """The per-tar scan counts, summed."""
+    totals: dict[str, int] = {}
+    for row in scanned.filter("seq = -1").select("counts_json").collect():
         for k, v in json.loads(row["counts_json"]).items():
-            scan_counts[k] = scan_counts.get(k, 0) + int(v)
-    samples = scanned.filter("seq >= 0")
-    usable = samples.filter("problem IS NULL")
-    first = Window.partitionBy("uid").orderBy("src", "seq")
-    firsts = usable.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+            totals[k] = totals.get(k, 0) + int(v)
+    return totals
 
-    sel = selection.select(*layout.SELECTION_COLUMNS)
-    sel_agg = sel.agg(
+
+def _selection_totals(sel: DataFrame) -> Any:
+    return sel.agg(
         F.count("*").alias("n"),
         F.sum("repeats").alias("samples"),
         F.sum(_dec("weight") * F.col("repeats")).alias("w"),
     ).first()
+
+
+def _plan(scanned: DataFrame, selection: DataFrame, options: ReshardOptions, lap: _Laps) -> _Plan:
+    """Join the first copy of each scanned uid with the selection, expand repeats, sort.
+
+    The caller unpersists ``ordered``.
+    """
+    usable = scanned.filter("seq >= 0").filter("problem IS NULL")
+    first = Window.partitionBy("uid").orderBy("src", "seq")
+    firsts = usable.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+    sel = selection.select(*layout.SELECTION_COLUMNS)
+    selected = _selection_totals(sel)
     lap("selection")
     joined = firsts.join(sel, "uid", "inner")
     expanded = joined.withColumn("j", F.explode(F.sequence(F.lit(0), F.col("repeats") - 1)))
-    sc.setJobDescription("reshard: plan")
+    scanned.sparkSession.sparkContext.setJobDescription("reshard: plan")
     # the plan rows the writer takes (the sort keys src, seq, j have placed them already)
-    ordered = expanded.orderBy(*order_columns(shuffle, seed)).select(*PLAN_COLUMNS)
-    ordered = ordered.persist()
+    order = order_columns(options.shuffle, options.seed)
+    ordered = expanded.orderBy(*order).select(*PLAN_COLUMNS).persist()
+    first_copy = F.col("j") == 0
     try:
-        first_copy = F.col("j") == 0
-        agg = ordered.agg(
+        planned = ordered.agg(
             F.count("*").alias("n"),
             F.count(F.when(first_copy, 1)).alias("uids"),
             F.sum(F.when(first_copy, _dec("weight") * F.col("repeats"))).alias("w"),
         ).first()
-        n_written = int(agg["n"])
-        lap("plan")
-        scale = (
-            weight_scale(Decimal(sel_agg["w"] or 0), Decimal(agg["w"] or 0))
-            if sel_agg["w"] is not None
-            else 1.0
-        )
-        total = n_shards(n_written, samples_per_shard)
-        usable_n = (
-            scan_counts.get("samples", 0)
-            - scan_counts.get("no_image", 0)
-            - scan_counts.get("no_uid", 0)
-        )
-        firsts_n = int(usable.agg(F.countDistinct("uid").alias("n")).first()["n"])
-        lap("duplicates")
-        stats: dict[str, Any] = {
-            "input_shards": len(sources),
-            "input_samples": scan_counts.get("samples", 0),
-            "input_members_skipped": {
-                "non_regular": scan_counts.get("non_regular_members", 0),
-                "bad_name": scan_counts.get("bad_member_names", 0),
-                "duplicate_ext": scan_counts.get("duplicate_members", 0),
-            },
-            "input_samples_dropped": {
-                "no_image": scan_counts.get("no_image", 0),
-                "no_uid": scan_counts.get("no_uid", 0),
-                "duplicate_uid": usable_n - firsts_n,
-                "not_selected": firsts_n - int(agg["uids"]),
-            },
-            "selected_uids": int(sel_agg["n"]),
-            "selected_samples": int(sel_agg["samples"] or 0),
-            "found_uids": int(agg["uids"]),
-            "missing_uids": int(sel_agg["n"]) - int(agg["uids"]),
-            "written_samples": n_written,
-            "output_shards": total,
-            "samples_per_shard": samples_per_shard,
-            "shuffle": shuffle,
-            "seed": seed,
-            "weight_scale": scale,
-            "timings": timings,
-        }
-        # Selected uids that are not in the output (read while the caches are still there).
-        missing = (
-            sel.join(ordered.filter("j = 0").select("uid"), "uid", "left_anti")
-            .select("uid", "url")
-            .orderBy("uid")
-            .toArrow()
-        )
+    except BaseException:
+        ordered.unpersist()
+        raise
+    lap("plan")
+    return _Plan(ordered, sel, usable, selected, planned)
+
+
+def _stats(
+    plan: _Plan, scan: dict[str, int], sources: list[str], options: ReshardOptions, lap: _Laps
+) -> ShardStats:
+    """The shard set's stats (before writing): what was scanned, dropped, found and missing."""
+    selected, planned = plan.selected, plan.planned
+    n_written = int(planned["n"])
+    scale = (
+        weight_scale(Decimal(selected["w"] or 0), Decimal(planned["w"] or 0))
+        if selected["w"] is not None
+        else 1.0
+    )
+    usable_n = scan.get("samples", 0) - scan.get("no_image", 0) - scan.get("no_uid", 0)
+    firsts_n = int(plan.usable.agg(F.countDistinct("uid").alias("n")).first()["n"])
+    lap("duplicates")
+    return ShardStats(
+        input_shards=len(sources),
+        input_samples=scan.get("samples", 0),
+        input_members_skipped={
+            "non_regular": scan.get("non_regular_members", 0),
+            "bad_name": scan.get("bad_member_names", 0),
+            "duplicate_ext": scan.get("duplicate_members", 0),
+        },
+        input_samples_dropped={
+            "no_image": scan.get("no_image", 0),
+            "no_uid": scan.get("no_uid", 0),
+            "duplicate_uid": usable_n - firsts_n,
+            "not_selected": firsts_n - int(planned["uids"]),
+        },
+        selected_uids=int(selected["n"]),
+        selected_samples=int(selected["samples"] or 0),
+        found_uids=int(planned["uids"]),
+        missing_uids=int(selected["n"]) - int(planned["uids"]),
+        written_samples=n_written,
+        output_shards=n_shards(n_written, options.samples_per_shard),
+        samples_per_shard=options.samples_per_shard,
+        shuffle=options.shuffle,
+        seed=options.seed,
+        weight_scale=scale,
+        timings=lap.timings,
+    )
+
+
+def _missing(plan: _Plan) -> pa.Table:
+    """Selected uids that are not in the output (read while the plan is still cached)."""
+    return (
+        plan.selection.join(plan.ordered.filter("j = 0").select("uid"), "uid", "left_anti")
+        .select("uid", "url")
+        .orderBy("uid")
+        .toArrow()
+    )
+
+
+def _write(
+    plan: _Plan, output: str, sources: list[str], stats: ShardStats, s3: storage.S3Options
+) -> list[dict[str, Any]]:
+    """One task per output shard writes it; returns each shard's row (shard, samples, bytes,
+    skipped, seconds), in shard order."""
+    ordered, total = plan.ordered, stats.output_shards
+    ordered.sparkSession.sparkContext.setJobDescription(f"reshard: write {total} shard(s)")
+    per_partition = ordered.groupBy(F.spark_partition_id().alias("p")).count().collect()
+    offsets, running = {}, 0
+    for row in sorted(per_partition, key=lambda r: r["p"]):
+        offsets[int(row["p"])] = running
+        running += int(row["count"])
+    ranked = ordered.mapInArrow(
+        partial(_rank_batches, offsets=offsets, samples_per_shard=stats.samples_per_shard),
+        "shard int, rank long, payload binary",
+    )
+    # One task per output shard (an RDD partitioner, so that adaptive execution cannot
+    # merge the tiny metadata partitions into one task that writes every shard).
+    write = partial(
+        _write_partition,
+        out_url=output,
+        sources=sources,
+        scale=stats.weight_scale,
+        total_shards=total,
+        s3=s3,
+    )
+    shards = (
+        ranked.rdd.map(lambda r: (r[0], (r[1], r[2])))
+        .partitionBy(total, lambda shard: shard)
+        .mapPartitions(write)
+        .collect()
+    )
+    return sorted(shards, key=lambda r: r["shard"])
+
+
+def _plan_and_write(
+    spark: SparkSession,
+    scanned: DataFrame,
+    sources: list[str],
+    selection: DataFrame,
+    output: str,
+    options: ReshardOptions,
+) -> ReshardOutcome:
+    lap = _Laps()
+    scan = _scan_counts(scanned)
+    lap("scan")
+    plan = _plan(scanned, selection, options, lap)
+    try:
+        stats = _stats(plan, scan, sources, options, lap)
+        missing = _missing(plan)
         lap("missing")
-        if n_written == 0:
+        if stats.written_samples == 0:
             return ReshardOutcome({}, stats, missing)
-        sc.setJobDescription(f"reshard: write {total} shard(s)")
-        per_partition = ordered.groupBy(F.spark_partition_id().alias("p")).count().collect()
-        offsets, running = {}, 0
-        for row in sorted(per_partition, key=lambda r: r["p"]):
-            offsets[int(row["p"])] = running
-            running += int(row["count"])
-        ranked = ordered.mapInArrow(
-            partial(_rank_batches, offsets=offsets, samples_per_shard=samples_per_shard),
-            "shard int, rank long, payload binary",
-        )
-        # One task per output shard (an RDD partitioner, so that adaptive execution cannot
-        # merge the tiny metadata partitions into one task that writes every shard).
-        shards = (
-            ranked.rdd.map(lambda r: (r[0], (r[1], r[2])))
-            .partitionBy(total, lambda shard: shard)
-            .mapPartitions(
-                partial(
-                    _write_partition,
-                    out_url=output,
-                    sources=sources,
-                    scale=scale,
-                    total_shards=total,
-                    s3=s3,
-                )
-            )
-            .collect()
-        )
+        shards = _write(plan, output, sources, stats, options.s3)
         lap("write")
     finally:
-        ordered.unpersist()
-    shards.sort(key=lambda r: r["shard"])
+        plan.ordered.unpersist()
+    stats.bytes_written = sum(r["bytes"] for r in shards if not r["skipped"])
+    stats.output_bytes = sum(r["bytes"] for r in shards)
+    stats.shards_skipped_as_done = sum(1 for r in shards if r["skipped"])
+    stats.timings["write_in_tasks"] = round(sum(r["seconds"] for r in shards), 3)
     sizes = {f"{r['shard']}.tar": int(r["samples"]) for r in shards}
-    stats["bytes_written"] = sum(r["bytes"] for r in shards if not r["skipped"])
-    stats["output_bytes"] = sum(r["bytes"] for r in shards)
-    stats["shards_skipped_as_done"] = sum(1 for r in shards if r["skipped"])
-    stats["timings"]["write_in_tasks"] = round(sum(r["seconds"] for r in shards), 3)
     return ReshardOutcome(sizes, stats, missing)
 
 

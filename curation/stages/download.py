@@ -42,10 +42,11 @@ from pyspark.sql import SparkSession
 
 from curation import storage
 from curation.shards import layout
-from curation.shards.engine import reshard_into
+from curation.shards.engine import ReshardOptions, reshard_into
 from curation.shards.writer import atomic_open
 from curation.stages.base import input_field, output_field
 from curation.stages.shard_stage import S3Fields, ShardSetStage
+from curation.summaries import DownloadStats
 
 log = logging.getLogger(__name__)
 
@@ -310,21 +311,16 @@ class DownloadStage(ShardSetStage):
                 f"download: none of the {selection.num_rows:,} selected URLs could be downloaded "
                 f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error"
             )
-        outcome = reshard_into(
-            self.spark,
-            sources,
-            self.spark.createDataFrame(selection),
-            config.output,
-            config.samples_per_shard,
-            config.shuffle,
-            config.seed,
-            "uid",
-            self.s3,
+        options = ReshardOptions(
+            config.samples_per_shard, config.shuffle, config.seed, "uid", self.s3
         )
-        stats = {**outcome.stats, "download": dstats}
-        stats["rejects"] = _write_download_rejects(config.output, status, no_url)
-        stats["seconds"] = self.seconds()
-        return outcome.sizes, stats, config.keep_raw
+        selected = self.spark.createDataFrame(selection)
+        outcome = reshard_into(self.spark, sources, selected, config.output, options)
+        stats = outcome.stats
+        stats.download = DownloadStats.from_json(dstats)
+        stats.rejects = _write_download_rejects(config.output, status, no_url)
+        stats.seconds = self.seconds()
+        return outcome.sizes, stats.to_json(), config.keep_raw
 
     def _prepare(self, manifest: dict[str, Any]) -> str:
         """Prepare the output, keeping the raw downloads when only resharding options changed;

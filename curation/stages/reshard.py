@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from curation import storage
 from curation.shards import layout
-from curation.shards.engine import reshard_into, selection_frame, write_rejects
+from curation.shards.engine import ReshardOptions, reshard_into, selection_frame, write_rejects
 from curation.stages.base import input_field, output_field
 from curation.stages.shard_stage import S3Fields, ShardSetStage
 
@@ -78,33 +78,27 @@ class ReshardStage(ShardSetStage):
         prepared = time.perf_counter()
         selection = selection_frame(self.spark, config.selected)
         selection_read = time.perf_counter()
-        outcome = reshard_into(
-            self.spark,
-            self.sources,
-            selection,
-            config.output,
-            config.samples_per_shard,
-            config.shuffle,
-            config.seed,
-            config.uid_col,
-            self.s3,
+        options = ReshardOptions(
+            config.samples_per_shard, config.shuffle, config.seed, config.uid_col, self.s3
         )
+        outcome = reshard_into(self.spark, self.sources, selection, config.output, options)
+        stats = outcome.stats
         if not outcome.sizes:
             raise storage.StageInputError(
-                f"{config.input}: none of the {outcome.stats['selected_uids']:,} selected uids is "
+                f"{config.input}: none of the {stats.selected_uids:,} selected uids is "
                 f"in the input shards (uids are read from the .json field or .parquet column "
                 f"{config.uid_col!r}; see --uid-col)"
             )
         engine_done = time.perf_counter()
-        outcome.stats["rejects"] = write_rejects(config.output, outcome.missing, "not_in_input")
-        outcome.stats["timings"].update(
+        stats.rejects = write_rejects(config.output, outcome.missing, "not_in_input")
+        stats.timings.update(
             prepare=round(prepared - started, 3),
             read_selection=round(selection_read - prepared, 3),
             rejects=round(time.perf_counter() - engine_done, 3),
         )
-        outcome.stats["resumed"] = state == "resume"
-        outcome.stats["seconds"] = self.seconds()
-        return outcome.sizes, outcome.stats, False
+        stats.resumed = state == "resume"
+        stats.seconds = self.seconds()
+        return outcome.sizes, stats.to_json(), False
 
 
 def run_reshard(spark: Any, config: ReshardConfig, force: bool = False):
