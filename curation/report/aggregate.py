@@ -123,16 +123,21 @@ def matches_histogram(out: StageOutput) -> dict[int, int]:
 
 
 def _signature_batches(out: StageOutput, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    import pyarrow.dataset as ds
+    """The signature table's ``columns``, file by file and row group by row group (no read-ahead:
+    one batch of at most :data:`RESCORE_BATCH_ROWS` rows is in memory at a time)."""
+    import pyarrow.parquet as pq
 
     fs, files = _parquet_files(out.path("signatures"))
     if not files:
         raise ValueError(f"{out.path('signatures')}: no signature table")
-    dataset = ds.dataset(files, filesystem=fs, format="parquet")
-    missing = [c for c in columns if c not in dataset.schema.names]
-    if missing:
-        raise ValueError(f"the signature table has no column {missing[0]!r}")
-    yield from dataset.to_batches(columns=list(columns), batch_size=RESCORE_BATCH_ROWS)
+    for path in files:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise ValueError(f"the signature table has no column {missing[0]!r}")
+            yield from parquet.iter_batches(batch_size=RESCORE_BATCH_ROWS, columns=list(columns))
 
 
 def expected_per_level(
