@@ -63,9 +63,9 @@ def test_head_entries_are_the_top_counts_ties_in_entry_order(tmp_path):
     )
     rows = aggregate.head_entries(output(tmp_path / "balance"), 4)
     want = [int(j) for j in np.argsort(-np.array(counts), kind="stable")[:4]]
-    assert [r["entry"] for r in rows] == [list("abcde")[j] for j in want]
-    assert all(r["count"] > 0 for r in rows)
-    assert "expected" not in rows[0]
+    assert [r.entry for r in rows] == [list("abcde")[j] for j in want]
+    assert all(r.count > 0 for r in rows)
+    assert rows[0].target == 1.0 and rows[0].expected is None
 
 
 def test_rescoring_in_batches_sums_multiplicity_times_pi_per_level():

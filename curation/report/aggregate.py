@@ -15,6 +15,7 @@ distinct-signature table with the balance run's parameters (a NumPy function,
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -65,10 +66,19 @@ def _level(value: Any) -> str:
     return NULL_LEVEL if value is None else str(value)
 
 
-def head_entries(out: StageOutput, top: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class HeadEntry:
+    """One row of a balance run's head entries."""
+
+    entry: str | int  # the entry's text, or its id when the table has none
+    count: float  # c_j, samples of the pool that match it
+    target: float | None  # its target (None when the table has no target column)
+    expected: float | None  # its expected count after balancing (None when not in the table)
+
+
+def head_entries(out: StageOutput, top: int) -> list[HeadEntry]:
     """The ``top`` entries of a balance output's ``entry_factors.parquet`` by pool count (ties in
-    entry-id order), those with a positive count only: ``entry`` (its id when the table has no
-    text), ``count``, ``target`` and ``expected`` (None when the table lacks them)."""
+    entry-id order), those with a positive count only."""
     frame = scan(out, "entry_factors.parquet")
     if frame is None or "count" not in (names := _columns(frame)):
         return []
@@ -82,9 +92,15 @@ def head_entries(out: StageOutput, top: int) -> list[dict[str, Any]]:
         .collect()
         .to_dicts()
     )
-    for row in rows:
-        row.setdefault("entry", int(row["entry_id"]))
-    return rows
+    return [
+        HeadEntry(
+            row.get("entry", int(row["entry_id"])),
+            row["count"],
+            row.get("target"),
+            row.get("expected"),
+        )
+        for row in rows
+    ]
 
 
 def level_counts(out: StageOutput, column: str) -> dict[str, int] | None:

@@ -177,11 +177,11 @@ def head_entries(out: StageOutput) -> str:
     """The most frequent entries with their target and expected count after balancing."""
     rows = [
         (
-            h["entry"],
-            fmt_int(int(h["count"])),
-            fmt_num(h["target"]) if "target" in h else DASH,
-            fmt_num(h.get("expected")),
-            fmt_pct(h["expected"] / h["count"]) if finite(h.get("expected")) else DASH,
+            h.entry,
+            fmt_int(int(h.count)),
+            fmt_num(h.target),
+            fmt_num(h.expected),
+            fmt_pct(h.expected / h.count) if finite(h.expected) else DASH,
         )
         for h in aggregate.head_entries(out, TOP_ENTRIES)
     ]
