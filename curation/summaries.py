@@ -1,9 +1,9 @@
 """Typed stage summaries: one dataclass per stage, written by the stage and read by the report.
 
 Each summary is a :class:`Record`, a dataclass whose field names are the JSON keys. The stage
-builds it and writes :meth:`Record.to_json`; the report (:mod:`curation.report`) and ``curate
-run`` read it back with :meth:`Record.from_json`. Because both sides go through the same
-class, renaming a key means renaming a field, and every reader that still uses the old name
+builds it and writes :meth:`Record.to_json`; the report (:mod:`curation.report`) reads it back
+with :meth:`Record.from_json` (as can any other reader of a run). Because both sides go through the
+same class, renaming a key means renaming a field, and every reader that still uses the old name
 fails with an ``AttributeError`` in the tests instead of silently showing a blank.
 
 Reading is tolerant, so that the report still reads the outputs of older versions:
