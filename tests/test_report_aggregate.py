@@ -85,3 +85,13 @@ def test_rescoring_in_batches_sums_multiplicity_times_pi_per_level():
     for size in (1, 2, 5):
         got = expected_by_level(params, table.to_batches(max_chunksize=size), ["source"])
         assert got["source"] == pytest.approx(want)
+
+
+def test_an_unreadable_table_reads_as_a_missing_one(tmp_path):
+    folder = tmp_path / "counts" / "margin_counts"
+    folder.mkdir(parents=True)
+    (folder / "lang.parquet").write_bytes(b"not parquet")
+    (tmp_path / "counts" / "matches_histogram.parquet").write_bytes(b"PAR1 truncated")
+    out = output(tmp_path / "counts")
+    assert aggregate.level_counts(out, "lang") is None
+    assert aggregate.matches_histogram(out) == {}

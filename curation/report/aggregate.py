@@ -14,7 +14,9 @@ distinct-signature table with the balance run's parameters (a NumPy function,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,23 @@ def scan(out: StageOutput, *parts: str) -> pl.LazyFrame | None:
     return pl.scan_pyarrow_dataset(ds.dataset(files, filesystem=fs, format="parquet"))
 
 
+def _unreadable_as(default: Any) -> Callable:
+    """A table that cannot be read (truncated, not Parquet) gives ``default``, as a missing one
+    does: the report notes what it lacks rather than failing (``default`` is copied per call)."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def read(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+                return copy.copy(default)
+
+        return read
+
+    return wrap
+
+
 def _columns(frame: pl.LazyFrame) -> list[str]:
     return frame.collect_schema().names()
 
@@ -76,6 +95,7 @@ class HeadEntry:
     expected: float | None  # its expected count after balancing (None when not in the table)
 
 
+@_unreadable_as([])
 def head_entries(out: StageOutput, top: int) -> list[HeadEntry]:
     """The ``top`` entries of a balance output's ``entry_factors.parquet`` by pool count (ties in
     entry-id order), those with a positive count only."""
@@ -103,6 +123,7 @@ def head_entries(out: StageOutput, top: int) -> list[HeadEntry]:
     ]
 
 
+@_unreadable_as(None)
 def level_counts(out: StageOutput, column: str) -> dict[str, int] | None:
     """Samples per level of margin ``column`` (count's ``margin_counts/COLUMN.parquet``), in the
     table's order; None when the table is missing or lacks the column."""
@@ -113,6 +134,7 @@ def level_counts(out: StageOutput, column: str) -> dict[str, int] | None:
     return {_level(v): int(n) for v, n in zip(table[column].to_list(), table["samples"].to_list())}
 
 
+@_unreadable_as({})
 def entries_per_level(out: StageOutput, column: str) -> dict[str, int]:
     """Distinct entries seen per level of ``column`` (rows of count's
     ``margin_entry_counts/COLUMN.parquet`` per level); empty when the table is missing."""
@@ -129,6 +151,7 @@ def counted_margins(out: StageOutput) -> list[str]:
     return [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]
 
 
+@_unreadable_as({})
 def matches_histogram(out: StageOutput) -> dict[int, int]:
     """Samples by number of matched entries ``k`` (count's ``matches_histogram.parquet``)."""
     frame = scan(out, "matches_histogram.parquet")
