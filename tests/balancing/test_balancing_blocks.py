@@ -28,8 +28,7 @@ from curation.balancing.blocks import (
 from curation.balancing.dual_solver import solve_box_dual
 from curation.balancing.operators import LocalRakeOperator, build_problem
 from curation.balancing.synthetic import synthetic_table
-
-from .approx import assert_tree_close
+from tests.approx import assert_tree_close
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from curation.balancing import (
 )
 from curation.balancing.synthetic import synthetic_table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _loop_pi(rows: list[list[int]], mult: list[int], t: float, m: int) -> list[float]:

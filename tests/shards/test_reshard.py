@@ -43,7 +43,7 @@ from tests.servers import (  # noqa: F401 - fixtures
     write_selected,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # --- keys -----------------------------------------------------------------------------------
 

@@ -337,7 +337,7 @@ def test_spark_execution_of_the_stage_agrees_with_the_driver(spark, matched, met
     # numbers. rake's targets are infeasible here (held at the box): its KKT point is unique, but
     # the quasi-Newton path of each kernel stops at its own rounding floor, so it is held to the
     # precision of that stop (the Spark path is bit-identical to the driver's reproducible kernels:
-    # tests/test_balancing_spark.py).
+    # tests/balancing/test_balancing_spark.py).
     rel = 1e-9
     if method == "rake":
         kkt = [o.summary["info"]["kkt_err"] for o in outputs.values()]
