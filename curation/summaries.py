@@ -175,6 +175,8 @@ class MatchSummary(Record):
     matches_per_sample: dict[str, int] = field(default_factory=dict)
     total_matches: int | None = None
     seconds: float | None = optional()
+    #: ``match --attributes``: the attribute file and captions per group and per label.
+    attributes: dict[str, Any] | None = optional()
 
 
 # --- count --------------------------------------------------------------------------------------

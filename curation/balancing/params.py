@@ -40,8 +40,8 @@ import pyarrow as pa
 
 from .signatures import add_unmatched_entry, encode_margin, list_array_to_csr
 
-Method = Literal["metaclip", "balance", "rake"]
-METHODS: tuple[str, ...] = ("metaclip", "balance", "rake")
+Method = Literal["metaclip", "balance", "rake", "m4"]
+METHODS: tuple[str, ...] = ("metaclip", "balance", "rake", "m4")
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +62,9 @@ class ScoreParams:
         repeat_scale: with replacement: expected repeats = repeat_scale · weight_i (else None).
         capped: rake only; False = raking without the π ≤ 1 bound.
         offset: rake only: ν added to every row's η (meets the target size exactly).
+        moments: m4 only: the layout of the base features, μ, ν and the utility column
+            (:mod:`.m4`; π_i = clip(u_i − ν − b_i·μ, 0, 1) from the row's attribute groups
+            and labels); ``entry_values`` is then all zeros.
         meta: free-form JSON-serialisable facts (cap t, status, ...), not used for scoring.
     """
 
@@ -77,6 +80,7 @@ class ScoreParams:
     capped: bool = True
     offset: float = 0.0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    moments: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,6 +106,17 @@ class ScoreParams:
         """Id of the ``<unmatched>`` pseudo-entry (``n_entries``), or None."""
         return self.n_entries if self.keep_unmatched else None
 
+    def score_columns(self) -> list[str]:
+        """The pool columns :func:`score_arrow` reads."""
+        cols = ["entry_ids", *self.margin_values]
+        if self.moments is not None:
+            from curation.attributes import GROUPS_COL, LABELS_COL
+
+            cols += [GROUPS_COL, LABELS_COL]
+            if self.moments.get("utility_col"):
+                cols.append(self.moments["utility_col"])
+        return cols
+
     def replace(self, **changes: Any) -> ScoreParams:
         """A copy with some fields changed."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -110,19 +125,23 @@ class ScoreParams:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (floats round-trip exactly through ``json``)."""
-        return {
-            "method": self.method,
-            "n_entries": self.n_entries,
-            "entry_values": self.entry_values.tolist(),
-            "margin_values": {k: v.tolist() for k, v in self.margin_values.items()},
-            "margin_levels": {k: list(v) for k, v in self.margin_levels.items()},
-            "keep_unmatched": self.keep_unmatched,
-            "weight_scale": self.weight_scale,
-            "prob_scale": self.prob_scale,
-            "repeat_scale": self.repeat_scale,
-            "capped": self.capped,
-            "meta": _jsonable(self.meta),
-        } | ({"offset": self.offset} if self.offset else {})
+        return (
+            {
+                "method": self.method,
+                "n_entries": self.n_entries,
+                "entry_values": self.entry_values.tolist(),
+                "margin_values": {k: v.tolist() for k, v in self.margin_values.items()},
+                "margin_levels": {k: list(v) for k, v in self.margin_levels.items()},
+                "keep_unmatched": self.keep_unmatched,
+                "weight_scale": self.weight_scale,
+                "prob_scale": self.prob_scale,
+                "repeat_scale": self.repeat_scale,
+                "capped": self.capped,
+                "meta": _jsonable(self.meta),
+            }
+            | ({"offset": self.offset} if self.offset else {})
+            | ({"moments": _jsonable(self.moments)} if self.moments is not None else {})
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreParams:
@@ -139,6 +158,7 @@ class ScoreParams:
             capped=bool(d.get("capped", True)),
             offset=float(d.get("offset", 0.0)),
             meta=dict(d.get("meta", {})),
+            moments=d.get("moments"),
         )
 
     def to_json(self) -> str:
@@ -197,6 +217,8 @@ def raw_scores(
     if missing:
         raise KeyError(f"margin codes missing for {sorted(missing)}")
     ev = params.entry_values
+    if params.method == "m4":
+        raise ValueError("m4 scores rows from their attribute columns: use score_arrow")
     if params.method == "metaclip":
         with np.errstate(divide="ignore"):
             logq = np.log1p(-ev)  # −inf where p_j = 1
@@ -266,6 +288,11 @@ def score_arrow(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`score_batch` on an Arrow batch of pool rows (margin columns given as strings)."""
     indptr, indices = list_array_to_csr(batch.column(entry_col))
+    if params.method == "m4":
+        from .m4 import score_moment_batch
+
+        pi = score_moment_batch(dict(params.moments or {}), batch, np.diff(indptr) > 0)
+        return params.weight_scale * pi, pi
     codes = {
         col: encode_margin(batch.column(col), params.margin_levels[col])[0]
         for col in params.margin_values

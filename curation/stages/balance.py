@@ -73,7 +73,7 @@ from curation.summaries import (
 
 log = logging.getLogger(__name__)
 
-Method = Literal["metaclip", "balance", "rake"]
+Method = Literal["metaclip", "balance", "rake", "m4"]
 
 
 class BalanceConfigError(ValueError):
@@ -92,7 +92,7 @@ class BalanceConfig:
     method: Method = field(
         default="metaclip",
         metadata={
-            "help": "metaclip (MetaCLIP's rule), balance (Liu et al. 2024) or rake (capped raking that keeps MetaCLIP's tail and flattens the head)"
+            "help": "metaclip (MetaCLIP's rule), balance (Liu et al. 2024), rake (capped raking that keeps MetaCLIP's tail and flattens the head) or m4 (moment matching of attribute representation and association, Alabdulmohsin et al. 2024; needs --target-size or --target-fraction and a pool matched with --attributes)"
         },
     )
     rake_objective: Literal["tail", "l1"] = field(
@@ -179,6 +179,18 @@ class BalanceConfig:
         metadata={
             "min": 0,
             "help": "with --execution auto: the largest table (Σ|S|) solved on the driver",
+        },
+    )
+    attributes: str = field(
+        default="",
+        metadata={
+            "help": "m4: attribute file (YAML) with the targets and epsilons (default: the one the pool was matched with; groups and labels must be the same)"
+        },
+    )
+    utility_col: str = field(
+        default="",
+        metadata={
+            "help": "m4: a quality score column of the matched pool as the utility u_i that q is kept close to (default: u = 1)"
         },
     )
 
@@ -272,6 +284,27 @@ def check_options(config: BalanceConfig) -> None:
         raise BalanceConfigError("MetaCLIP's rule has no margins; use --method balance or rake")
     if config.method != "metaclip" and config.tail_share:
         raise BalanceConfigError("--tail-share is MetaCLIP 2's rule for --method metaclip")
+    if config.method != "m4" and (config.attributes or config.utility_col):
+        raise BalanceConfigError(
+            "--attributes and --utility-col apply to --method m4 only (rake with attributes "
+            "is not implemented yet)"
+        )
+    if config.method == "m4":
+        refused = [
+            flag
+            for flag, given in (
+                ("--cap", config.cap),
+                ("--margin", config.margins),
+                ("--keep-unmatched", config.keep_unmatched),
+                ("--with-replacement", config.with_replacement),
+            )
+            if given
+        ]
+        if refused or not given_size:
+            raise BalanceConfigError(
+                "--method m4 takes --target-size or --target-fraction"
+                + (f", not {', '.join(refused)}" if refused else "")
+            )
 
 
 def method_options(config: BalanceConfig, entries: list[str], n_matched: int) -> dict[str, Any]:
@@ -290,6 +323,8 @@ def method_options(config: BalanceConfig, entries: list[str], n_matched: int) ->
         if config.tail_share:
             options["tail_share_p"] = config.tail_share
         return options
+    if config.method == "m4":
+        return {"target_size": target_size}
     options["margins"] = list(config.margins)
     options["margin_targets"] = _margin_targets(config.margin_target, list(config.margins))
     if config.tol:
@@ -447,6 +482,8 @@ class BalanceStage(Stage):
     def compute(self, tmp: str) -> dict:
         """Solve the method on the signature table and score every sample of the matched pool."""
         config, entries, options = self.config, self.entries, self.method_options
+        if config.method == "m4":
+            return self.compute_m4(tmp)
         margins = list(dict.fromkeys(config.margins))
         table, result, execution = solve(
             self.spark, config, entries, margins, options, self.n_matched
@@ -459,7 +496,7 @@ class BalanceStage(Stage):
             expected = result.stats.entry_sums
         write_solution(tmp, result, entries, expected)
         pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
-        score_to(self.spark, pool.select("uid", "entry_ids", *margins), result.params, tmp)
+        score_to(self.spark, pool, result.params, tmp)
         storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
         summary = BalanceSummary(
             method=config.method,
@@ -480,6 +517,63 @@ class BalanceStage(Stage):
             log.warning("balance: %s", describe_unmet(unmet))
         return summary.to_json()
 
+    def compute_m4(self, tmp: str) -> dict:
+        """M4 (:mod:`curation.stages.balance_m4`): the usual outputs plus ``bias.json``."""
+        from curation.balancing.m4 import bias_report
+        from curation.stages import balance_m4 as m4
+
+        config, entries = self.config, self.entries
+        spec = m4.m4_spec(config)
+        target = self.method_options["target_size"]
+        with progress.bar(f"balance: m4 on the {config.execution}", unit="pass"):
+            result, table, pi, execution = m4.solve_m4(
+                self.spark, config, spec, target, len(entries)
+            )
+        params = m4.m4_params(result, spec, len(entries), config.utility_col)
+        diag, expected, br = m4.m4_diagnostics(params, result, table, pi, execution)
+        storage.write_bytes(storage.join(tmp, "params.json"), params.to_json().encode())
+        if br is not None:
+            table_ = br.entry_table(entries)
+            table_ = table_.append_column("expected", pa.array(np.asarray(expected, np.float64)))
+            _write_table(table_, storage.join(tmp, "entry_factors.parquet"))
+        _write_table(m4.history_table(result), storage.join(tmp, "history.parquet"))
+        pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+        score_to(self.spark, pool, params, tmp)
+        bias = bias_report(spec, result)
+        storage.write_json(storage.join(tmp, "bias.json"), bias)
+        storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
+        summary = {
+            "stage": "balance",
+            "method": "m4",
+            "t": None,
+            "status": result.status,
+            "target_size": target,
+            "expected_size": result.size,
+            "with_replacement": False,
+            "execution": execution,
+            "margins": [],
+            "bias": {
+                name: {
+                    k: a[k]
+                    for k in (
+                        "rb_before",
+                        "rb_after",
+                        "rb_status",
+                        "ab_before",
+                        "ab_after",
+                        "ab_status",
+                    )
+                }
+                for name, a in bias["attributes"].items()
+            },
+            "entropy": result.entropy,
+            "info": m4.m4_info(result, execution),
+            "seconds": self.seconds(),
+        }
+        if result.status != "converged":
+            log.warning("balance: m4 %s: %s", result.status, m4.describe_bias(bias))
+        return summary
+
     def result(self, summary: dict) -> StageResult:
         return super().result(json.loads(json.dumps(summary)))
 
@@ -491,6 +585,10 @@ class BalanceStage(Stage):
     @classmethod
     def describe(cls, result: StageResult) -> str:
         s = result.summary
+        if s["method"] == "m4":
+            from curation.stages.balance_m4 import describe_m4
+
+            return describe_m4(result)
         d = s["headline"]
         lines = [
             f"balance: method {s['method']}, cap t = {_fmt(s.get('t'))}, status {s.get('status')}"
@@ -606,6 +704,7 @@ def write_solution(tmp: str, result: BalanceResult, entries: list[str], expected
 
 def score_to(spark: SparkSession, pool: DataFrame, params: ScoreParams, tmp: str) -> None:
     """Score every row of ``pool`` with ``params`` into ``tmp/weights``."""
+    pool = pool.select("uid", *params.score_columns())
     broadcast, key = broadcast_params(spark, params)
     try:
         score_pool(pool, broadcast, key, params.repeat_scale is not None).write.parquet(

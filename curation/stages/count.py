@@ -5,9 +5,12 @@ Output directory (committed atomically)::
     entry_counts.parquet            entry_id int32, entry string, count int64 (c_j; every entry,
                                     zeros included, ordered by entry_id) [, lang string with
                                     per-language lists]
-    signatures/                     Parquet: entry_ids list<int32> [, margin columns], multiplicity
-                                    int64 — the distinct (S_i, x_i) signatures; unmatched samples
-                                    have the empty signature
+    signatures/                     Parquet: entry_ids list<int32> [, margin columns]
+                                    [, attribute_groups, attribute_labels], multiplicity int64 —
+                                    the distinct (S_i, x_i[, groups, labels]) signatures; unmatched
+                                    samples have the empty signature. The attribute columns are
+                                    carried when the pool was matched with --attributes (the
+                                    id lists of curation/attributes.py; attributes.json copied)
     matches_histogram.parquet       k int32, samples int64 (k_i = |S_i|)
     margin_counts/<col>.parquet     <col>, samples int64
     margin_entry_counts/<col>.parquet  <col>, entry_id int32, count int64
@@ -33,6 +36,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from curation import storage
+from curation.attributes import ATTRIBUTES_FILE, GROUPS_COL, LABELS_COL
 from curation.metadata import entries_fingerprint
 from curation.stages.base import LineageError, Stage, StageResult, input_field, output_field
 from curation.summaries import CountSummary, TopEntry
@@ -124,8 +128,13 @@ class CountStage(Stage):
                 f"columns are {[c for c in pool.columns if c != 'entry_ids']}"
             )
         margins = list(dict.fromkeys(config.margins))
-        pool = pool.select("entry_ids", *[F.col(m).cast("string").alias(m) for m in margins])
-        signatures = signature_table(pool, margins).persist(StorageLevel.MEMORY_AND_DISK)
+        attribute_cols = [c for c in (GROUPS_COL, LABELS_COL) if c in pool.columns]
+        pool = pool.select(
+            "entry_ids", *[F.col(m).cast("string").alias(m) for m in margins], *attribute_cols
+        )
+        signatures = signature_table(pool, margins + attribute_cols).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
         try:
             signatures.write.parquet(storage.spark_url(storage.join(tmp, "signatures")))
             counts = entry_count_vector(signatures, len(entries))
@@ -153,6 +162,11 @@ class CountStage(Stage):
         storage.write_json(storage.join(tmp, "metadata.json"), entries)
         if languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), languages)
+        attributes_file = storage.join(config.input, ATTRIBUTES_FILE)
+        if attribute_cols and storage.exists(attributes_file):
+            storage.write_json(
+                storage.join(tmp, ATTRIBUTES_FILE), storage.read_json(attributes_file)
+            )
         return summary.to_json()
 
     def log_done(self, summary: dict) -> None:

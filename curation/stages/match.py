@@ -54,6 +54,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, AtomicType, IntegerType, StructField, StructType
 
 from curation import storage
+from curation.attributes import (
+    ATTRIBUTES_FILE,
+    GROUPS_COL,
+    LABELS_COL,
+    AttributeMatcher,
+    AttributeSpec,
+    load_spec,
+)
 from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher
 from curation.metadata import (
     DEFAULT_METADATA,
@@ -157,6 +165,12 @@ class MatchConfig:
             "--no-csv-multiline lets Spark split one large file whose fields never hold a newline)"
         },
     )
+    attributes: str = field(
+        default="",
+        metadata={
+            "help": "attribute file (YAML, see docs/balancing.md 'M4'): also detect its attribute groups and labels per caption, as attribute_groups and attribute_labels (list<int32>)"
+        },
+    )
     strip_entries: bool = field(
         default=False,
         metadata={
@@ -220,6 +234,34 @@ def _match_partition(batches, matcher_file: str, caption_index: int, lang_index:
             langs = batch.column(lang_index).cast(pa.string())
             entry_ids = matcher.match_arrow(batch.column(caption_index), langs)
         yield batch.append_column("entry_ids", entry_ids)
+
+
+def _attribute_partition(batches, matcher_file: str, caption_index: int):
+    """mapInArrow body: append ``attribute_groups`` and ``attribute_labels``."""
+    matcher = cached_matcher(SparkFiles.get(matcher_file))
+    for batch in batches:
+        groups, labels = matcher.match_many(batch.column(caption_index).to_pylist())
+        yield batch.append_column(GROUPS_COL, groups).append_column(LABELS_COL, labels)
+
+
+def match_attributes(df: DataFrame, matcher_file: str) -> DataFrame:
+    """Add the attribute groups and labels of every caption (:class:`AttributeMatcher`)."""
+    ids = ArrayType(IntegerType(), False)
+    schema = StructType(
+        [
+            *df.schema.fields,
+            StructField(GROUPS_COL, ids, False),
+            StructField(LABELS_COL, ids, False),
+        ]
+    )
+    return df.mapInArrow(
+        partial(
+            _attribute_partition,
+            matcher_file=matcher_file,
+            caption_index=df.columns.index("caption"),
+        ),
+        schema,
+    )
 
 
 def reject_reason(caption: Column, max_chars: int, reader_reason: Column | None = None) -> Column:
@@ -394,16 +436,26 @@ class MatchStage(Stage):
     @classmethod
     def check(cls, config: MatchConfig) -> None:
         reader_options(config)  # before Spark starts
+        if config.attributes:
+            load_spec(config.attributes)  # a bad attribute file fails before Spark starts
 
     def own_lineage(self) -> dict[str, dict]:
         """The metadata list by content, so that later stages can tell lists apart."""
         self.loaded = load_matcher(self.config)
-        return {
+        lineage = {
             "metadata": {
                 "url": self.config.metadata,
                 "fingerprint": entries_fingerprint(self.loaded.entries),
             }
         }
+        self.attributes: AttributeSpec | None = None
+        if self.config.attributes:
+            self.attributes = load_spec(self.config.attributes)
+            lineage["attributes"] = {
+                "url": self.config.attributes,
+                "fingerprint": attributes_fingerprint(self.attributes),
+            }
+        return lineage
 
     def compute(self, tmp: str) -> dict:
         """Match ``config.input`` against ``config.metadata`` into ``tmp``."""
@@ -433,9 +485,14 @@ class MatchStage(Stage):
         good = kept.drop("reason", "source_file")
         if config.partitions:
             good = good.repartition(config.partitions)
-        match_pool(good, matcher_file, lang_col).write.parquet(
-            storage.spark_url(storage.join(tmp, "pool"))
-        )
+        matched = match_pool(good, matcher_file, lang_col)
+        if self.attributes is not None:
+            spec = self.attributes
+            attribute_file = ship_matcher(
+                spark, partial(AttributeMatcher, spec), "attr-" + attributes_fingerprint(spec)
+            )
+            matched = match_attributes(matched, attribute_file)
+        matched.write.parquet(storage.spark_url(storage.join(tmp, "pool")))
         rejects = prepared.filter(F.col("reason").isNotNull())
         if duplicates is not None:
             rejects = rejects.unionByName(duplicates.withColumn("reason", F.lit("duplicate_uid")))
@@ -450,6 +507,9 @@ class MatchStage(Stage):
         storage.write_json(storage.join(tmp, "metadata.json"), loaded.entries)
         if loaded.languages is not None:
             storage.write_json(storage.join(tmp, "metadata_languages.json"), loaded.languages)
+        if self.attributes is not None:
+            storage.write_json(storage.join(tmp, ATTRIBUTES_FILE), self.attributes.to_dict())
+            summary.attributes = attribute_summary(spark, tmp, self.attributes)
         return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
@@ -524,6 +584,25 @@ def summarize(
         matches_per_sample={str(k): per_k[k] for k in sorted(per_k)},
         total_matches=sum(k * n for k, n in per_k.items()),
     )
+
+
+def attributes_fingerprint(spec: AttributeSpec) -> str:
+    """Identifies an attribute matcher: the resolved spec and the versions that shape it."""
+    import json
+
+    payload = json.dumps({k: v for k, v in spec.to_dict().items() if k != "source"}, sort_keys=True)
+    return metadata_fingerprint([payload], spec.casefold)
+
+
+def attribute_summary(spark: SparkSession, directory: str, spec: AttributeSpec) -> dict:
+    """Captions per attribute group and per label in the matched pool."""
+    pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
+    per = {}
+    for col, names in ((GROUPS_COL, spec.group_names), (LABELS_COL, list(spec.labels))):
+        rows = pool.select(F.explode(col).alias("id")).groupBy("id").count().collect()
+        counts = {int(r["id"]): int(r["count"]) for r in rows}
+        per[col] = {name: counts.get(i, 0) for i, name in enumerate(names)}
+    return {"file": spec.source, "groups": per[GROUPS_COL], "labels": per[LABELS_COL]}
 
 
 def reader_options(config: MatchConfig) -> ReaderOptions:

@@ -219,7 +219,7 @@ class SelectStage(Stage):
         np.save(buffer, sorted_subset(subset_halves(selected)), allow_pickle=False)
         storage.write_bytes(storage.join(tmp, "subset.npy"), buffer.getvalue())
         expected = (
-            pool.select("uid", "entry_ids", *params.margin_values)
+            pool.select("uid", *params.score_columns())
             .mapInArrow(
                 partial(
                     _expected_partition,

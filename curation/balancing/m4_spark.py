@@ -1,0 +1,105 @@
+"""The M4 table on Spark: cached NumPy blocks, one Spark job per pass (thin glue over
+:func:`.m4.m4_pass_kernel`; see :mod:`.spark_operator` for the design it follows).
+
+Every sum of a pass is an exact binned sum merged in partition order, so a solve on Spark is
+bit for bit the solve on the driver (:class:`.m4.MemoryMomentOperator`) for any partitioning.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .blocks import finalize
+from .m4 import MomentBlock, MomentLayout, block_from_arrow, m4_pass_kernel
+from .spark_operator import DEFAULT_FAN_IN, reduce_partials
+
+
+def _chunks(
+    batches: Iterable[pa.RecordBatch], layout: MomentLayout, utility_col: str | None
+) -> Iterator[pa.RecordBatch]:
+    for seq, batch in enumerate(batches):
+        block = block_from_arrow(batch, layout, utility_col)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([seq], pa.int32()), pa.array([pickle.dumps(block)], pa.binary())],
+            names=["seq", "payload"],
+        )
+
+
+def _assemble(pid: int, rows: Iterable[Any], n_base: int) -> Iterator[MomentBlock]:
+    parts = [pickle.loads(r.payload) for r in sorted(rows, key=lambda r: r.seq)]
+    indptr, offset = [np.zeros(1, np.int64)], 0
+    for p in parts:
+        indptr.append(p.indptr[1:] + offset)
+        offset += int(p.indptr[-1])
+
+    def cat(name: str, dtype: Any) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+
+    yield MomentBlock(
+        pid,
+        cat("mult", np.float64),
+        cat("utility", np.float64),
+        np.concatenate(indptr),
+        cat("cols", np.int32),
+        n_base,
+    )
+
+
+def _run(blocks: Iterator[MomentBlock], mu: Any, nu: float) -> Iterator[tuple[int, dict]]:
+    values = None if mu is None else mu.value
+    for block in blocks:
+        yield block.pid, m4_pass_kernel(block, values, nu)
+
+
+class SparkMomentOperator:
+    """:class:`.m4.MemoryMomentOperator` over a DataFrame with ``attribute_groups``,
+    ``attribute_labels``, ``multiplicity`` (and the utility column)."""
+
+    path = "spark"
+
+    def __init__(
+        self,
+        spark: Any,
+        frame: Any,
+        layout: MomentLayout,
+        utility_col: str | None = None,
+        *,
+        num_partitions: int | None = None,
+        fan_in: int = DEFAULT_FAN_IN,
+    ) -> None:
+        from pyspark import StorageLevel
+
+        self.sc = spark.sparkContext
+        self.fan_in = fan_in
+        self.passes = 0
+        if num_partitions:
+            frame = frame.repartition(int(num_partitions))
+        chunks = frame.mapInArrow(
+            functools.partial(_chunks, layout=layout, utility_col=utility_col),
+            "seq int, payload binary",
+        )
+        n_base = layout.size
+        self.blocks = chunks.rdd.mapPartitionsWithIndex(
+            lambda pid, rows: _assemble(pid, rows, n_base)
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        self.num_partitions = self.blocks.getNumPartitions()
+
+    def run(self, mu: np.ndarray | None, nu: float) -> dict[str, Any]:
+        self.passes += 1
+        handle = None if mu is None else self.sc.broadcast(np.asarray(mu, np.float64))
+        try:
+            parts = self.blocks.mapPartitions(functools.partial(_run, mu=handle, nu=float(nu)))
+            return finalize(reduce_partials(parts, self.fan_in))
+        finally:
+            if handle is not None:
+                handle.destroy()
+
+    def unpersist(self) -> None:
+        self.blocks.unpersist()

@@ -1,0 +1,240 @@
+"""``balance --method m4``: moment matching (:mod:`curation.balancing.m4`) as a stage step.
+
+Reads the count stage's signature table with its attribute columns (or, with ``--utility-col``,
+the matched pool grouped by (entry ids, groups, labels, utility)), keeps the matched rows,
+solves M4 on the driver or on Spark, and writes the usual balance outputs plus ``bias.json``.
+Scoring: π_i = clip(u_i − ν − b_i·μ, 0, 1) from the row's attribute columns
+(``ScoreParams.moments``), 0 for unmatched rows; weight_i = π_i · n_eligible / Σπ (mean 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from curation import storage
+from curation.attributes import (
+    ATTRIBUTES_FILE,
+    GROUPS_COL,
+    LABELS_COL,
+    AttributeSpec,
+    load_spec,
+)
+from curation.balancing import BalanceResult, ScoreParams, SignatureTable, diagnostics
+from curation.balancing.distributed import choose_execution, signature_table_size
+from curation.balancing.m4 import (
+    M4Result,
+    MemoryMomentOperator,
+    MomentLayout,
+    block_from_arrow,
+    m4_solve,
+)
+
+log = logging.getLogger(__name__)
+
+#: What must agree between the attribute file given to balance and the one the pool was matched
+#: with (the ids of groups and labels); targets, ε and min_label_count may differ.
+_IDENTITY_KEYS = ("groups", "labels", "casefold")
+
+
+def m4_spec(config: Any) -> AttributeSpec:
+    """The attribute spec: ``--attributes FILE`` checked against the matched one, or the one
+    the pool was matched with."""
+    matched_file = storage.join(config.counts, ATTRIBUTES_FILE)
+    if not storage.exists(matched_file):
+        raise storage.StageInputError(
+            f"{config.counts}: the pool was not matched with an attribute file; rerun match with "
+            "--attributes FILE, then count"
+        )
+    matched = storage.read_json(matched_file)
+    if not config.attributes:
+        return AttributeSpec.from_dict(matched)
+    spec = load_spec(config.attributes)
+    given = spec.to_dict()
+    for key in _IDENTITY_KEYS:
+        keywords_match = all(
+            given["attributes"].get(n, {}).get("groups") == a["groups"]
+            for n, a in matched["attributes"].items()
+        )
+        if given[key] != matched[key] or not keywords_match:
+            raise storage.StageInputError(
+                f"{config.attributes}: its {key if keywords_match else 'keywords'} differ from "
+                f"the attribute file the pool was matched with ({matched.get('source')}); "
+                "targets, epsilon and min_label_count may change at balance, groups and labels "
+                "need a new match"
+            )
+    return spec
+
+
+def m4_frame(spark: SparkSession, config: Any) -> DataFrame:
+    """Matched rows: (entry_ids, groups, labels[, utility], multiplicity)."""
+    keys = ["entry_ids", GROUPS_COL, LABELS_COL]
+    if config.utility_col:
+        df = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
+        if config.utility_col not in df.columns:
+            raise storage.StageInputError(
+                f"{config.input}: the utility column {config.utility_col!r} is not in the "
+                f"matched pool; columns are {df.columns}"
+            )
+        df = df.select(*keys, F.col(config.utility_col).cast("double").alias(config.utility_col))
+        keys.append(config.utility_col)
+        df = df.withColumn("multiplicity", F.lit(1).cast("long"))
+    else:
+        df = spark.read.parquet(storage.spark_url(storage.join(config.counts, "signatures")))
+        if GROUPS_COL not in df.columns:
+            raise storage.StageInputError(
+                f"{config.counts}: the signature table has no attribute columns; rerun count on a "
+                "pool matched with --attributes"
+            )
+    df = df.filter(F.size("entry_ids") > 0)
+    return df.groupBy(*keys).agg(F.sum("multiplicity").alias("multiplicity"))
+
+
+def solve_m4(
+    spark: SparkSession, config: Any, spec: AttributeSpec, target_size: float, n_entries: int
+) -> tuple[M4Result, SignatureTable | None, np.ndarray | None, str]:
+    """(result, signature table and per-row π on the driver path, execution)."""
+    frame = m4_frame(spark, config)
+    execution = config.execution
+    if execution == "auto":
+        execution = choose_execution(*signature_table_size(frame), config.max_driver_nnz)
+    layout = MomentLayout.of(spec)
+    utility = config.utility_col or None
+    kw = {"tol": config.tol or 1e-9, "max_passes": config.max_iter or 2000}
+    if execution == "driver":
+        keys = ["entry_ids", GROUPS_COL, LABELS_COL] + ([utility] if utility else [])
+        arrow = frame.orderBy(*keys).toArrow()
+        op = MemoryMomentOperator([block_from_arrow(arrow, layout, utility)])
+        result = m4_solve(op, spec, target_size, **kw)
+        table = SignatureTable.from_arrow(arrow.select(["entry_ids", "multiplicity"]), n_entries)
+        return result, table, op.row_q(result.mu, result.nu), "driver"
+    from curation.balancing.m4_spark import SparkMomentOperator
+
+    op = SparkMomentOperator(spark, frame, layout, utility)
+    try:
+        result = m4_solve(op, spec, target_size, **kw)
+    finally:
+        op.unpersist()
+    return result, None, None, "spark"
+
+
+def m4_params(result: M4Result, spec: AttributeSpec, n_entries: int, utility: str) -> ScoreParams:
+    """The broadcastable parameters (weights scaled to mean 1 over the eligible samples)."""
+    return ScoreParams(
+        method="m4",
+        n_entries=n_entries,
+        entry_values=np.zeros(n_entries),
+        weight_scale=result.n_eligible / result.size if result.size > 0 else 1.0,
+        moments={
+            "layout": MomentLayout.of(spec).to_dict(),
+            "mu": result.mu.tolist(),
+            "nu": result.nu,
+            "utility_col": utility,
+        },
+        meta={"status": result.status, "target_size": result.target_size},
+    )
+
+
+def m4_info(result: M4Result, execution: str) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "target_size": result.target_size,
+        "expected_size": result.size,
+        "size_rel_err": abs(result.size - result.target_size) / result.target_size,
+        "passes": result.passes,
+        "rounds": result.rounds,
+        "seconds": result.seconds,
+        "constraints": len(result.constraints),
+        "n_infeasible_constraints": len(result.infeasible),
+        "execution": {"path": execution, "passes": result.passes},
+    }
+
+
+def m4_balance_result(
+    params: ScoreParams, result: M4Result, table: SignatureTable | None, pi: np.ndarray | None
+) -> BalanceResult | None:
+    """A :class:`BalanceResult` over the signature table (driver path), for the diagnostics."""
+    if table is None or pi is None:
+        return None
+    counts = table.entry_counts()
+    return BalanceResult(
+        params=params,
+        weight=params.weight_scale * pi,
+        pi=pi,
+        counts=counts,
+        targets=counts.astype(np.float64) * (result.size / max(result.n_eligible, 1.0)),
+        history=[
+            {"iter": h["iter"], "max_rel_err": h["max_violation"], "l1": h["size_rel_err"]}
+            for h in result.history
+        ],
+        info={"status": result.status, "t": None},
+    )
+
+
+def m4_diagnostics(
+    params: ScoreParams,
+    result: M4Result,
+    table: SignatureTable | None,
+    pi: np.ndarray | None,
+    execution: str,
+) -> tuple[dict[str, Any], np.ndarray | None, BalanceResult | None]:
+    """diagnostics.json (the entry-level diagnostics on the driver path) and n_j(π)."""
+    br = m4_balance_result(params, result, table, pi)
+    info = m4_info(result, execution)
+    if br is None:
+        return {"info": info, "entry_diagnostics": "not computed on the Spark path"}, None, None
+    br.info.update(info)
+    diag = diagnostics(table, br)
+    return diag, table.entry_sums(table.multiplicity * pi), br
+
+
+def history_table(result: M4Result) -> pa.Table:
+    """history.parquet: per pass, the largest constraint violation and the size error."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "iter": int(h["iter"]),
+                "max_rel_err": float(h["max_violation"]),
+                "l1": float(h["size_rel_err"]),
+            }
+            for h in result.history
+        ],
+        schema=pa.schema(
+            [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
+        ),
+    )
+
+
+def describe_bias(bias: dict[str, Any]) -> list[str]:
+    """Lines for the stage's description: RB and AB before/after per attribute."""
+    lines = []
+    for name, a in bias["attributes"].items():
+        lines.append(
+            f"  {name}: RB {a['rb_before']:.4f} -> {a['rb_after']:.4f} ({a['rb_status']}), "
+            f"AB {a['ab_before']:.4f} -> {a['ab_after']:.4f} ({a['ab_status']})"
+        )
+    return lines
+
+
+def describe_m4(result: Any) -> str:
+    """The stage's printed description of an m4 run (from its summary)."""
+    s = result.summary
+    e = s["entropy"]
+    lines = [
+        f"balance: method m4, status {s['status']}"
+        + (" (up to date, skipped)" if result.skipped else ""),
+        f"  expected size   {s['expected_size']:,.1f} (target {s['target_size']:,.1f})",
+        f"  entropy (nats)  {e['before']:.4f} -> {e['after']:.4f}, Kish ESS {e['kish_ess']:,.0f}",
+    ]
+    for name, a in s["bias"].items():
+        lines.append(
+            f"  {name}: RB {a['rb_before']:.4f} -> {a['rb_after']:.4f} ({a['rb_status']}), "
+            f"AB {a['ab_before']:.4f} -> {a['ab_after']:.4f} ({a['ab_status']})"
+        )
+    lines.append(f"  output          {result.output}")
+    return "\n".join(lines)
