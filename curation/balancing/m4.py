@@ -386,7 +386,7 @@ class M4Result:
     infeasible: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _solve_dual(
+def solve_dual(
     op: MemoryMomentOperator,
     T: np.ndarray,
     N: float,
@@ -477,7 +477,7 @@ def m4_solve(
         x0[0] = 1.0 - target_size / n_eligible  # q = N/n everywhere (u = 1)
         if x is not None and x.size == x0.size:
             x0 = x
-        x = _solve_dual(op, T, target_size, x0, bound, tol, max_passes, history)
+        x = solve_dual(op, T, target_size, x0, bound, tol, max_passes, history)
         lam, nu = x[1:], float(x[0])
         out = op.run(T.T @ lam, nu)
         after = bias_from_sums(spec, layout, out["feat"], labels)
@@ -500,6 +500,17 @@ def m4_solve(
         for c, v, lv in zip(what, values, lam, strict=True)
         if lv >= bound * (1 - 1e-9) and v > 1e-9
     ]
+    for attr in spec.attributes:
+        if after[attr.name]["mass"] <= 1e-9 * before[attr.name]["mass"]:
+            # the linear constraints hold trivially with the attribute gone (P = 0)
+            infeasible.append(
+                {
+                    "attribute": attr.name,
+                    "kind": "presence",
+                    "note": "the constraints hold only with every caption of the attribute "
+                    "dropped (no q keeps it within epsilon)",
+                }
+            )
     status = "converged" if ok else ("infeasible" if infeasible else "unmet")
     return M4Result(
         mu=T.T @ lam,
@@ -533,6 +544,7 @@ def bias_report(spec: AttributeSpec, result: M4Result) -> dict[str, Any]:
     """``bias.json``: RB and AB before and after per attribute and label, with statuses."""
     eps_r, eps_a = spec.epsilon_representation, spec.epsilon_association
     held = {(c["attribute"], c["kind"], c.get("label")) for c in result.infeasible}
+    removed = {c["attribute"] for c in result.infeasible if c["kind"] == "presence"}
     out: dict[str, Any] = {
         "method": "m4",
         "status": result.status,
@@ -542,6 +554,8 @@ def bias_report(spec: AttributeSpec, result: M4Result) -> dict[str, Any]:
     }
 
     def status(attr: str, kind: str, label: str | None, value: float, eps: float) -> str:
+        if attr in removed:
+            return "infeasible"
         if value <= eps * (1 + 1e-6):
             return "met"
         return "infeasible" if (attr, kind, label) in held else "unmet"
@@ -575,7 +589,7 @@ def bias_report(spec: AttributeSpec, result: M4Result) -> dict[str, Any]:
             "ab_before": b["ab"],
             "ab_after": a["ab"],
             "ab_status": "met"
-            if a["ab"] <= eps_a * (1 + 1e-6)
+            if a["ab"] <= eps_a * (1 + 1e-6) and attr.name not in removed
             else ("infeasible" if any(k[0] == attr.name for k in held) else "unmet"),
             "labels": labels,
         }
