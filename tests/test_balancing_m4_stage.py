@@ -1,0 +1,214 @@
+"""``match --attributes`` → ``count`` → ``balance --method m4`` on a local Spark session."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.attributes import AttributeFileError
+from curation.matching import naive_match
+from curation.stages.balance import BalanceConfig, BalanceConfigError, run_balance
+from curation.stages.count import CountConfig, run_count
+from curation.stages.match import MatchConfig, run_match
+from curation.stages.select import SelectConfig, run_select
+from tests.m4_pool import ATTRIBUTES_YAML, ENTRIES, FEMALE, LABELS, MALE, planted_captions
+
+EPS = 0.01
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("m4")
+    captions = planted_captions(3000, seed=7)
+    rng = np.random.default_rng(2)
+    rows = [
+        {"uid": f"{i:032x}", "url": f"http://x/{i}", "caption": c, "quality": float(q)}
+        for i, (c, q) in enumerate(zip(captions, rng.uniform(0.2, 1.0, len(captions))))
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), root / "pool.parquet")
+    (root / "meta.json").write_text(json.dumps(ENTRIES))
+    (root / "attr.yaml").write_text(ATTRIBUTES_YAML)
+    matched = run_match(
+        spark,
+        MatchConfig(
+            input=str(root / "pool.parquet"),
+            output=str(root / "m"),
+            metadata=str(root / "meta.json"),
+            attributes=str(root / "attr.yaml"),
+        ),
+    )
+    counts = run_count(spark, CountConfig(input=matched.output, output=str(root / "c")))
+    return root, rows, matched, counts.output
+
+
+def balance(spark, pipeline, name: str, **kw):
+    root, _, matched, counts = pipeline
+    return run_balance(
+        spark,
+        BalanceConfig(
+            input=matched.output,
+            counts=counts,
+            output=str(root / name),
+            method="m4",
+            target_fraction=kw.pop("target_fraction", 0.5),
+            **kw,
+        ),
+    )
+
+
+def test_match_and_count_carry_the_attributes(pipeline):
+    root, rows, matched, counts = pipeline
+    pool = pq.read_table(os.path.join(matched.output, "pool")).to_pylist()
+    assert len(pool) == len(rows)
+    for r in pool:
+        want = sorted(
+            ({0} if naive_match(r["caption"], FEMALE, casefold=True) else set())
+            | ({1} if naive_match(r["caption"], MALE, casefold=True) else set())
+        )
+        assert r["attribute_groups"] == want
+        assert r["attribute_labels"] == naive_match(r["caption"], LABELS, casefold=True)
+    summary = matched.summary["attributes"]
+    assert summary["labels"]["nurse"] == sum(0 in r["attribute_labels"] for r in pool)
+    sig = pq.read_table(os.path.join(counts, "signatures"))
+    assert {"attribute_groups", "attribute_labels"} <= set(sig.column_names)
+    assert sum(sig.column("multiplicity").to_pylist()) == len(rows)
+    assert json.load(open(os.path.join(counts, "attributes.json")))["labels"] == LABELS
+
+
+def recompute_bias(rows, pi: dict[str, float]) -> dict:
+    """RB and AB of the gender attribute straight from the captions and π (the definitions of
+    docs/balancing.md), without any of the package's m4 code."""
+    P, S, Y, YS = 0.0, np.zeros(2), np.zeros(len(LABELS)), np.zeros((2, len(LABELS)))
+    for r in rows:
+        w = pi[r["uid"]]
+        s = np.array(
+            [bool(naive_match(r["caption"], g, casefold=True)) for g in (FEMALE, MALE)], float
+        )
+        if not s.any():
+            continue
+        y = np.zeros(len(LABELS))
+        y[naive_match(r["caption"], LABELS, casefold=True)] = 1.0
+        P += w
+        S += w * s
+        Y += w * y
+        YS += w * s[:, None] * y[None, :]
+    shares = S / P
+    ab = YS / S[:, None] - (Y[None, :] - YS) / (P - S)[:, None]
+    return {"rb": float(shares.max() - shares.min()), "ab": ab}
+
+
+def test_bias_json_agrees_with_a_recomputation_from_captions_and_pi(spark, pipeline):
+    root, rows, _, _ = pipeline
+    out = balance(spark, pipeline, "b-driver", execution="driver")
+    assert out.summary["status"] == "converged"
+    bias = json.load(open(os.path.join(out.output, "bias.json")))
+    weights = pq.read_table(os.path.join(out.output, "weights")).to_pylist()
+    pi = {w["uid"]: w["inclusion_prob"] for w in weights}
+    # before: π = 1 on the matched captions (m4 balances the matched samples)
+    before = recompute_bias(
+        rows, {r["uid"]: float(bool(naive_match(r["caption"], ENTRIES))) for r in rows}
+    )
+    after = recompute_bias(rows, pi)
+    g = bias["attributes"]["gender"]
+    assert g["rb_before"] == pytest.approx(before["rb"], abs=1e-9)
+    assert g["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
+    for r, label in enumerate(LABELS):
+        for k, group in enumerate(("female", "male")):
+            assert g["labels"][label]["ab_before"][group] == pytest.approx(
+                before["ab"][k, r], abs=1e-9
+            )
+            assert g["labels"][label]["ab_after"][group] == pytest.approx(
+                after["ab"][k, r], abs=1e-9
+            )
+    assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
+    assert abs(before["ab"][0, LABELS.index("nurse")]) > 0.3
+    assert g["rb_status"] == "met" and g["ab_status"] == "met"
+    n = sum(bool(naive_match(r["caption"], ENTRIES)) for r in rows)
+    assert n == pipeline[2].summary["matched"]
+    assert sum(pi.values()) == pytest.approx(0.5 * n, rel=1e-6)
+    assert bias["size"]["expected"] == pytest.approx(0.5 * n, rel=1e-6)
+
+
+def test_spark_path_agrees_with_the_driver(spark, pipeline):
+    driver = balance(spark, pipeline, "b-d2", execution="driver")
+    on_spark = balance(spark, pipeline, "b-spark", execution="spark")
+    a = json.load(open(os.path.join(driver.output, "params.json")))["moments"]
+    b = json.load(open(os.path.join(on_spark.output, "params.json")))["moments"]
+    np.testing.assert_allclose(a["mu"], b["mu"], rtol=0, atol=1e-9)
+    assert a["nu"] == pytest.approx(b["nu"], abs=1e-9)
+    wa = {
+        r["uid"]: r["inclusion_prob"] for r in pq.read_table(driver.output + "/weights").to_pylist()
+    }
+    wb = {
+        r["uid"]: r["inclusion_prob"]
+        for r in pq.read_table(on_spark.output + "/weights").to_pylist()
+    }
+    assert wa.keys() == wb.keys()
+    assert max(abs(wa[u] - wb[u]) for u in wa) <= 1e-9
+
+
+def test_select_draws_from_m4_probabilities(spark, pipeline):
+    root, rows, matched, _ = pipeline
+    out = balance(spark, pipeline, "b-sel", execution="driver")
+    sel = run_select(
+        spark,
+        SelectConfig(input=matched.output, weights=out.output, output=str(root / "s"), seed=3),
+    )
+    kept = pq.read_table(os.path.join(sel.output, "selected")).column("uid").to_pylist()
+    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    assert all(pi[u] > 0 for u in kept)
+    assert abs(len(kept) - sum(pi.values())) < 4 * np.sqrt(len(rows))
+
+
+def test_utility_column_keeps_q_close_to_the_quality_score(spark, pipeline):
+    root, rows, _, _ = pipeline
+    out = balance(
+        spark, pipeline, "b-util", execution="driver", utility_col="quality", target_fraction=0.4
+    )
+    assert out.summary["status"] == "converged"
+    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    q = np.array([pi[r["uid"]] for r in rows])
+    u = np.array([r["quality"] for r in rows])
+    assert np.corrcoef(q, u)[0, 1] > 0.5
+    after = recompute_bias(rows, pi)
+    assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
+
+
+def test_bad_inputs_get_clear_errors(spark, pipeline, tmp_path):
+    root, _, matched, counts = pipeline
+    with pytest.raises(BalanceConfigError, match="--method m4 takes"):
+        balance(spark, pipeline, "b-bad", cap=3.0, target_fraction=0.0)
+    with pytest.raises(BalanceConfigError, match="m4 only"):
+        run_balance(
+            spark,
+            BalanceConfig(
+                input=matched.output,
+                counts=counts,
+                output=str(tmp_path / "x"),
+                method="rake",
+                target_fraction=0.5,
+                attributes="a.yaml",
+            ),
+        )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attributes:\n  gender:\n    female: [woman]\n")
+    with pytest.raises(AttributeFileError, match=r"bad.yaml: attributes.gender: give at least two"):
+        run_match(
+            spark,
+            MatchConfig(
+                input=str(root / "pool.parquet"),
+                output=str(tmp_path / "m"),
+                metadata=str(root / "meta.json"),
+                attributes=str(bad),
+            ),
+        )
+    assert not (tmp_path / "m").exists()
+    other = tmp_path / "other.yaml"
+    other.write_text(ATTRIBUTES_YAML.replace("car, kitchen", "car, office"))
+    with pytest.raises(Exception, match="differ from the attribute file"):
+        balance(spark, pipeline, "b-other", attributes=str(other))
