@@ -86,8 +86,8 @@ def run(name: str, table: pa.Table, spec, fraction: float) -> dict:
         "size_kept": result.size / n,
         "entropy_before": result.entropy["before"],
         "entropy_after": result.entropy["after"],
-        "entropy_uniform_at_N": result.entropy["before"],
-        "kish_ess_share": result.entropy["kish_ess"] / result.size,
+        "entropy_cost": result.entropy["before"] - result.entropy["after"],
+        "kish_ess_share": result.entropy["kish_ess"] / n,
         "status": result.status,
         "passes": result.passes,
         "seconds": time.perf_counter() - t0,
@@ -119,15 +119,16 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     print(
         "| pool | matched | with gender | labels constrained | RB before → after | "
-        "AB before → after | size kept | entropy before → after (nats) | status | passes |"
+        "AB before → after | size kept | entropy cost (nats) | Kish ESS / matched | status | "
+        "passes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['pool']} | {r['matched']:,} | {r['with_gender']:,.0f} | "
             f"{r['labels_constrained']} | {r['rb_before']:.3f} → {r['rb_after']:.4f} | "
             f"{r['ab_before']:.3f} → {r['ab_after']:.4f} | {r['size_kept']:.3f} | "
-            f"{r['entropy_before']:.3f} → {r['entropy_after']:.3f} | {r['status']} | "
+            f"{r['entropy_cost']:.4f} | {r['kish_ess_share']:.3f} | {r['status']} | "
             f"{r['passes']} |"
         )
 
