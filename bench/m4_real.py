@@ -8,7 +8,10 @@ Pool: COCO val2017, Flickr8k, Flickr30k (Multi30k task 1 English train captions)
 the shipped metadata list (``metadata/default.json``) with ``curation.matching.Matcher`` and
 against the attribute file with ``AttributeMatcher`` — the code the ``match`` stage runs. M4 is
 solved on the driver (``MemoryMomentOperator``, the same passes as ``balance --method m4``) at
-N = ``--fraction`` × matched samples, per caption set and on their union.
+N = ``--fraction`` × matched samples, per caption set and on their union; and rake with
+attributes (rake at N on the metadata entries, then the closest π meeting the bias bounds).
+"Before" is the pool (m4) or rake's solution (rake+attributes); entropies are of q/Σq over
+samples and of the expected entry distribution.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+import numpy as np  # noqa: E402
 from conftest import SHARED_DATA, load_real_captions  # noqa: E402
 
 from curation.attributes import AttributeMatcher, load_spec  # noqa: E402
+from curation.balancing import SignatureTable, rake  # noqa: E402
 from curation.balancing.m4 import (  # noqa: E402
     MemoryMomentOperator,
     MomentLayout,
@@ -52,30 +57,59 @@ def caption_sets() -> dict[str, list[str]]:
 
 
 def pattern_table(captions: list[str], entries: Matcher, attrs: AttributeMatcher) -> pa.Table:
-    """Matched captions grouped by (groups, labels): the table ``balance --method m4`` solves."""
-    matched = [c for c, ids in zip(captions, entries.match_many(captions).to_pylist()) if ids]
-    groups, labels = attrs.match_many(matched)
-    keys = Counter(zip(map(tuple, groups.to_pylist()), map(tuple, labels.to_pylist())))
+    """Matched captions grouped by (entry ids, groups, labels): the signature table of ``count``
+    after ``match --attributes``, matched rows only (what ``balance --method m4`` solves)."""
+    ids = entries.match_many(captions).to_pylist()
+    matched = [(c, e) for c, e in zip(captions, ids) if e]
+    groups, labels = attrs.match_many([c for c, _ in matched])
+    keys = Counter(
+        zip(
+            (tuple(e) for _, e in matched),
+            map(tuple, groups.to_pylist()),
+            map(tuple, labels.to_pylist()),
+        )
+    )
     rows = sorted(keys.items())
+    lists = pa.list_(pa.int32())
     return pa.table(
         {
-            "attribute_groups": pa.array([list(g) for (g, _), _ in rows], pa.list_(pa.int32())),
-            "attribute_labels": pa.array([list(lb) for (_, lb), _ in rows], pa.list_(pa.int32())),
+            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
+            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
+            "attribute_labels": pa.array([list(lb) for (_, _, lb), _ in rows], lists),
             "multiplicity": pa.array([m for _, m in rows], pa.int64()),
         }
     )
 
 
-def run(name: str, table: pa.Table, spec, fraction: float) -> dict:
-    op = MemoryMomentOperator([block_from_arrow(table, MomentLayout.of(spec))])
+def entry_entropy(table: SignatureTable, pi) -> float:
+    """Entropy (nats) of the expected entry distribution n_j = Σ_{i∋j} m_i π_i."""
+    n = table.entry_sums(table.multiplicity * pi)
+    p = n[n > 0] / n.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def run(name: str, table: pa.Table, spec, fraction: float, n_entries: int, with_rake: bool) -> dict:
     n = float(sum(table.column("multiplicity").to_pylist()))
+    sig = SignatureTable.from_arrow(table.select(["entry_ids", "multiplicity"]), n_entries)
+    base = None
     t0 = time.perf_counter()
-    result = m4_solve(op, spec, fraction * n)
-    bias = bias_report(spec, result)
+    if with_rake:
+        base = rake(sig, target_size=fraction * n)
+    layout = MomentLayout.of(spec)
+    params = base.params if base is not None else None
+    op = MemoryMomentOperator([block_from_arrow(table, layout, base=params)])
+    result = m4_solve(op, spec, None if with_rake else fraction * n)
+    bias = bias_report(spec, result, "rake+attributes" if with_rake else "m4")
+    q = op.row_q(result.mu, result.nu)
+    before_pi = base.pi if base is not None else np.ones(sig.multiplicity.size)
     g = bias["attributes"]["gender"]
     constrained = sum(v["constrained"] for v in g["labels"].values())
     row = {
         "pool": name,
+        "method": "rake+attributes" if with_rake else "m4",
+        "rake_status": base.info.get("status") if base is not None else None,
+        "entry_entropy_before": entry_entropy(sig, before_pi),
+        "entry_entropy_after": entry_entropy(sig, q),
         "matched": int(n),
         "with_gender": g["count_before"],
         "labels_constrained": constrained,
@@ -100,6 +134,7 @@ def main() -> None:
     ap.add_argument("--attributes", default=str(REPO / "configs/attributes/gender_activities.yaml"))
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--out", default=str(REPO / "bench/out/m4"))
+    ap.add_argument("--sets", nargs="*", default=None, help="caption sets (default: all, union)")
     args = ap.parse_args()
     spec = load_spec(args.attributes)
     entries = Matcher(load_metadata(DEFAULT_METADATA).entries)
@@ -108,28 +143,34 @@ def main() -> None:
     if not sets:
         sys.exit(f"no caption sets under {SHARED_DATA}")
     sets["all"] = [c for k in list(sets) for c in sets[k]]
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    n_entries = len(load_metadata(DEFAULT_METADATA).entries)
     for name, captions in sets.items():
-        res = run(name, pattern_table(captions, entries, attrs), spec, args.fraction)
-        rows.append(res["row"])
-        (out / f"bias-{name}.json").write_text(json.dumps(res["bias"], indent=1))
-        print(json.dumps(res["row"]), flush=True)
+        table = pattern_table(captions, entries, attrs)
+        for with_rake in (False, True):
+            res = run(name, table, spec, args.fraction, n_entries, with_rake)
+            rows.append(res["row"])
+            method = res["row"]["method"]
+            (out / f"bias-{name}-{method}.json").write_text(json.dumps(res["bias"], indent=1))
+            print(json.dumps(res["row"]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     print(
-        "| pool | matched | with gender | labels constrained | RB before → after | "
+        "| pool | method | matched | with gender | labels constrained | RB before → after | "
         "AB before → after | size kept | entropy cost (nats) | Kish ESS / matched | status | "
-        "passes |"
+        "entry entropy before → after | passes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['pool']} | {r['matched']:,} | {r['with_gender']:,.0f} | "
+            f"| {r['pool']} | {r['method']} | {r['matched']:,} | {r['with_gender']:,.0f} | "
             f"{r['labels_constrained']} | {r['rb_before']:.3f} → {r['rb_after']:.4f} | "
             f"{r['ab_before']:.3f} → {r['ab_after']:.4f} | {r['size_kept']:.3f} | "
             f"{r['entropy_cost']:.4f} | {r['kish_ess_share']:.3f} | {r['status']} | "
-            f"{r['passes']} |"
+            f"{r['entry_entropy_before']:.3f} → {r['entry_entropy_after']:.3f} | {r['passes']} |"
         )
 
 

@@ -183,18 +183,23 @@ def test_bad_inputs_get_clear_errors(spark, pipeline, tmp_path):
     root, _, matched, counts = pipeline
     with pytest.raises(BalanceConfigError, match="--method m4 takes"):
         balance(spark, pipeline, "b-bad", cap=3.0, target_fraction=0.0)
-    with pytest.raises(BalanceConfigError, match="m4 only"):
-        run_balance(
-            spark,
-            BalanceConfig(
-                input=matched.output,
-                counts=counts,
-                output=str(tmp_path / "x"),
-                method="rake",
-                target_fraction=0.5,
-                attributes="a.yaml",
-            ),
-        )
+    for method, kw, message in (
+        ("metaclip", {"attributes": "a.yaml"}, "m4 and --method rake only"),
+        ("rake", {"utility_col": "quality"}, "--utility-col applies to --method m4 only"),
+        ("rake", {"attributes": "a.yaml", "keep_unmatched": True}, "does not take --keep-unm"),
+    ):
+        with pytest.raises(BalanceConfigError, match=message):
+            run_balance(
+                spark,
+                BalanceConfig(
+                    input=matched.output,
+                    counts=counts,
+                    output=str(tmp_path / "x"),
+                    method=method,
+                    target_fraction=0.5,
+                    **kw,
+                ),
+            )
     bad = tmp_path / "bad.yaml"
     bad.write_text("attributes:\n  gender:\n    female: [woman]\n")
     with pytest.raises(AttributeFileError, match=r"bad.yaml: attributes.gender: give at least two"):
@@ -212,3 +217,47 @@ def test_bad_inputs_get_clear_errors(spark, pipeline, tmp_path):
     other.write_text(ATTRIBUTES_YAML.replace("car, kitchen", "car, office"))
     with pytest.raises(Exception, match="differ from the attribute file"):
         balance(spark, pipeline, "b-other", attributes=str(other))
+
+
+def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
+    """rake, then the closest π (squared distance) that meets the bias bounds at rake's size."""
+    root, rows, matched, counts = pipeline
+    plain = run_balance(
+        spark,
+        BalanceConfig(
+            input=matched.output,
+            counts=counts,
+            output=str(root / "r-plain"),
+            method="rake",
+            target_fraction=0.5,
+            execution="driver",
+        ),
+    )
+    out = run_balance(
+        spark,
+        BalanceConfig(
+            input=matched.output,
+            counts=counts,
+            output=str(root / "r-attr"),
+            method="rake",
+            target_fraction=0.5,
+            execution="driver",
+            attributes=str(root / "attr.yaml"),
+        ),
+    )
+    assert out.summary["status"] == "converged"
+    params = json.load(open(os.path.join(out.output, "params.json")))
+    assert params["moments"]["base"]["method"] == "rake"
+    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    pi_rake = {
+        r["uid"]: r["inclusion_prob"] for r in pq.read_table(plain.output + "/weights").to_pylist()
+    }
+    assert sum(pi.values()) == pytest.approx(sum(pi_rake.values()), rel=1e-6)
+    after = recompute_bias(rows, pi)
+    assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
+    assert recompute_bias(rows, pi_rake)["rb"] > 2 * EPS  # rake alone does not debias
+    bias = json.load(open(os.path.join(out.output, "bias.json")))
+    assert bias["attributes"]["gender"]["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
+    # the entry-level diagnostics of the final π are written as for any method
+    diag = json.load(open(os.path.join(out.output, "diagnostics.json")))
+    assert diag["inclusion"]["expected_size"] == pytest.approx(sum(pi.values()), rel=1e-9)

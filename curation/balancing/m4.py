@@ -53,7 +53,7 @@ from scipy.optimize import minimize
 from curation.attributes import GROUPS_COL, LABELS_COL, AttributeSpec
 
 from .blocks import binned_columns, binned_sum, combine, finalize
-from .params import segment_sum
+from .params import ScoreParams, score_arrow, segment_sum
 from .signatures import list_array_to_csr
 
 #: Box of the bias multipliers (λ_j ≤ B): the exact-penalty price of one unit of violation.
@@ -157,14 +157,19 @@ def block_from_arrow(
     layout: MomentLayout,
     utility_col: str | None = None,
     pid: int = 0,
+    base: ScoreParams | None = None,
 ) -> MomentBlock:
     """A block from rows with ``attribute_groups``, ``attribute_labels``, ``multiplicity``
-    (and the utility column)."""
+    (and the utility column; or, with ``base``, the rows' entry ids and margins: the utility is
+    then the base method's π, for rake with attributes)."""
     gp, gi = list_array_to_csr(batch.column(GROUPS_COL))
     lp, li = list_array_to_csr(batch.column(LABELS_COL))
     indptr, cols = base_features(layout, gp, gi, lp, li)
     mult = np.asarray(batch.column("multiplicity").to_numpy(zero_copy_only=False), np.float64)
-    utility = utility_values(batch, utility_col)
+    if base is not None:
+        utility = score_arrow(base, batch)[1]
+    else:
+        utility = utility_values(batch, utility_col)
     return MomentBlock(pid, mult, utility, indptr, cols, layout.size)
 
 
@@ -203,6 +208,7 @@ def m4_pass_kernel(
     with np.errstate(divide="ignore", invalid="ignore"):
         qlogq = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
     return {
+        "utility": binned_sum(block.mult * block.utility),
         "dual": binned_sum(dual),
         "size": binned_sum(w),
         "sq": binned_sum(block.mult * q * q),
@@ -443,18 +449,21 @@ def _entropy(out: dict[str, Any]) -> float:
 def m4_solve(
     op: MemoryMomentOperator,
     spec: AttributeSpec,
-    target_size: float,
+    target_size: float | None,
     *,
     tol: float = 1e-9,
     max_passes: int = 2000,
     bound: float = DEFAULT_BOUND,
     callback: Callable[[int], None] | None = None,
 ) -> M4Result:
-    """Solve M4 on the table behind ``op`` (module docstring); ``target_size`` = N."""
+    """Solve M4 on the table behind ``op`` (module docstring); ``target_size`` = N (None: Σ m u,
+    the size of the base method's solution when the utility is its π)."""
     t0 = time.perf_counter()
     layout = MomentLayout.of(spec)
     pool = op.run(None, 0.0)
     n_eligible = float(pool["n"])
+    if target_size is None:
+        target_size = float(pool["utility"])
     if not 0 < target_size <= n_eligible * (1 + 1e-12):
         raise ValueError(
             f"target size {target_size:g} is not in (0, {n_eligible:g}], the eligible samples"
@@ -540,13 +549,14 @@ def m4_solve(
 
 
 # ------------------------------------------------------------------------------- bias.json
-def bias_report(spec: AttributeSpec, result: M4Result) -> dict[str, Any]:
-    """``bias.json``: RB and AB before and after per attribute and label, with statuses."""
+def bias_report(spec: AttributeSpec, result: M4Result, method: str = "m4") -> dict[str, Any]:
+    """``bias.json``: RB and AB before and after per attribute and label, with statuses
+    (``method``: ``m4``, or ``rake+attributes`` when the utility was rake's π)."""
     eps_r, eps_a = spec.epsilon_representation, spec.epsilon_association
     held = {(c["attribute"], c["kind"], c.get("label")) for c in result.infeasible}
     removed = {c["attribute"] for c in result.infeasible if c["kind"] == "presence"}
     out: dict[str, Any] = {
-        "method": "m4",
+        "method": method,
         "status": result.status,
         "epsilon": {"representation": eps_r, "association": eps_a},
         "min_label_count": spec.min_label_count,
@@ -614,9 +624,26 @@ def score_moment_batch(
     """q of pool rows from the broadcast M4 parameters (``ScoreParams.moments``); 0 on rows
     that are not eligible (``matched`` False)."""
     layout = MomentLayout.from_dict(moments["layout"])
-    block = block_from_arrow(_with_multiplicity(batch), layout, moments.get("utility_col") or None)
+    utility = moments.get("utility_col") or None
+    block = block_from_arrow(_with_multiplicity(batch), layout, utility, base=_base(moments))
     q = row_q(block, np.asarray(moments["mu"], dtype=np.float64), float(moments["nu"]))
     return np.where(matched, q, 0.0)
+
+
+_BASES: dict[int, tuple[Any, ScoreParams]] = {}
+
+
+def _base(moments: dict[str, Any]) -> ScoreParams | None:
+    """The base method's parameters (rake with attributes), parsed once per broadcast dict."""
+    raw = moments.get("base")
+    if raw is None:
+        return None
+    hit = _BASES.get(id(raw))
+    if hit is None or hit[0] is not raw:
+        _BASES.clear()
+        hit = (raw, ScoreParams.from_dict(raw))
+        _BASES[id(raw)] = hit
+    return hit[1]
 
 
 def _with_multiplicity(batch: pa.RecordBatch | pa.Table) -> pa.Table:

@@ -17,14 +17,18 @@ import pyarrow as pa
 
 from .blocks import finalize
 from .m4 import MomentBlock, MomentLayout, block_from_arrow, m4_pass_kernel
+from .params import ScoreParams
 from .spark_operator import DEFAULT_FAN_IN, reduce_partials
 
 
 def _chunks(
-    batches: Iterable[pa.RecordBatch], layout: MomentLayout, utility_col: str | None
+    batches: Iterable[pa.RecordBatch],
+    layout: MomentLayout,
+    utility_col: str | None,
+    base: ScoreParams | None = None,
 ) -> Iterator[pa.RecordBatch]:
     for seq, batch in enumerate(batches):
-        block = block_from_arrow(batch, layout, utility_col)
+        block = block_from_arrow(batch, layout, utility_col, base=base)
         yield pa.RecordBatch.from_arrays(
             [pa.array([seq], pa.int32()), pa.array([pickle.dumps(block)], pa.binary())],
             names=["seq", "payload"],
@@ -73,6 +77,7 @@ class SparkMomentOperator:
         *,
         num_partitions: int | None = None,
         fan_in: int = DEFAULT_FAN_IN,
+        base: ScoreParams | None = None,
     ) -> None:
         from pyspark import StorageLevel
 
@@ -82,7 +87,7 @@ class SparkMomentOperator:
         if num_partitions:
             frame = frame.repartition(int(num_partitions))
         chunks = frame.mapInArrow(
-            functools.partial(_chunks, layout=layout, utility_col=utility_col),
+            functools.partial(_chunks, layout=layout, utility_col=utility_col, base=base),
             "seq int, payload binary",
         )
         n_base = layout.size

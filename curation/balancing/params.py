@@ -113,6 +113,7 @@ class ScoreParams:
             from curation.attributes import GROUPS_COL, LABELS_COL
 
             cols += [GROUPS_COL, LABELS_COL]
+            cols += [c for c in (self.moments.get("base") or {}).get("margin_values", {})]
             if self.moments.get("utility_col"):
                 cols.append(self.moments["utility_col"])
         return cols

@@ -284,11 +284,24 @@ def check_options(config: BalanceConfig) -> None:
         raise BalanceConfigError("MetaCLIP's rule has no margins; use --method balance or rake")
     if config.method != "metaclip" and config.tail_share:
         raise BalanceConfigError("--tail-share is MetaCLIP 2's rule for --method metaclip")
-    if config.method != "m4" and (config.attributes or config.utility_col):
-        raise BalanceConfigError(
-            "--attributes and --utility-col apply to --method m4 only (rake with attributes "
-            "is not implemented yet)"
-        )
+    if config.method not in ("m4", "rake") and config.attributes:
+        raise BalanceConfigError("--attributes applies to --method m4 and --method rake only")
+    if config.method != "m4" and config.utility_col:
+        raise BalanceConfigError("--utility-col applies to --method m4 only")
+    if config.method == "rake" and config.attributes:
+        refused = [
+            flag
+            for flag, given in (
+                ("--keep-unmatched", config.keep_unmatched),
+                ("--with-replacement", config.with_replacement),
+            )
+            if given
+        ]
+        if refused:
+            raise BalanceConfigError(
+                f"--method rake --attributes does not take {', '.join(refused)} (the bias "
+                "constraints are over the matched samples, without repeats)"
+            )
     if config.method == "m4":
         refused = [
             flag
@@ -482,7 +495,7 @@ class BalanceStage(Stage):
     def compute(self, tmp: str) -> dict:
         """Solve the method on the signature table and score every sample of the matched pool."""
         config, entries, options = self.config, self.entries, self.method_options
-        if config.method == "m4":
+        if config.method == "m4" or config.attributes:
             return self.compute_m4(tmp)
         margins = list(dict.fromkeys(config.margins))
         table, result, execution = solve(
@@ -525,12 +538,21 @@ class BalanceStage(Stage):
         config, entries = self.config, self.entries
         spec = m4.m4_spec(config)
         target = self.method_options["target_size"]
+        base = None
+        if config.method == "rake":  # rake, then the closest π that meets the bias bounds
+            margins = list(dict.fromkeys(config.margins))
+            _, base, _ = solve(
+                self.spark, config, entries, margins, self.method_options, self.n_matched
+            )
+            target = None  # the rake solution's size
         with progress.bar(f"balance: m4 on the {config.execution}", unit="pass"):
             result, table, pi, execution = m4.solve_m4(
-                self.spark, config, spec, target, len(entries)
+                self.spark, config, spec, target, len(entries), base.params if base else None
             )
-        params = m4.m4_params(result, spec, len(entries), config.utility_col)
-        diag, expected, br = m4.m4_diagnostics(params, result, table, pi, execution)
+        params = m4.m4_params(
+            result, spec, len(entries), config.utility_col, base.params if base else None
+        )
+        diag, expected, br = m4.m4_diagnostics(params, result, table, pi, execution, base)
         storage.write_bytes(storage.join(tmp, "params.json"), params.to_json().encode())
         if br is not None:
             table_ = br.entry_table(entries)
@@ -539,15 +561,16 @@ class BalanceStage(Stage):
         _write_table(m4.history_table(result), storage.join(tmp, "history.parquet"))
         pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
         score_to(self.spark, pool, params, tmp)
-        bias = bias_report(spec, result)
+        bias = bias_report(spec, result, "m4" if base is None else f"{config.method}+attributes")
         storage.write_json(storage.join(tmp, "bias.json"), bias)
         storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
         summary = {
             "stage": "balance",
-            "method": "m4",
-            "t": None,
+            "method": config.method,
+            "attributes": spec.source,
+            "t": base.info.get("t") if base else None,
             "status": result.status,
-            "target_size": target,
+            "target_size": self.method_options["target_size"],
             "expected_size": result.size,
             "with_replacement": False,
             "execution": execution,
@@ -570,6 +593,8 @@ class BalanceStage(Stage):
             "info": m4.m4_info(result, execution),
             "seconds": self.seconds(),
         }
+        if base is not None:
+            summary["base"] = {k: base.info.get(k) for k in ("status", "t", "size_rel_err")}
         if result.status != "converged":
             log.warning("balance: m4 %s: %s", result.status, m4.describe_bias(bias))
         return summary
@@ -585,7 +610,7 @@ class BalanceStage(Stage):
     @classmethod
     def describe(cls, result: StageResult) -> str:
         s = result.summary
-        if s["method"] == "m4":
+        if s["method"] == "m4" or s.get("attributes"):
             from curation.stages.balance_m4 import describe_m4
 
             return describe_m4(result)

@@ -71,9 +71,9 @@ def m4_spec(config: Any) -> AttributeSpec:
     return spec
 
 
-def m4_frame(spark: SparkSession, config: Any) -> DataFrame:
-    """Matched rows: (entry_ids, groups, labels[, utility], multiplicity)."""
-    keys = ["entry_ids", GROUPS_COL, LABELS_COL]
+def m4_frame(spark: SparkSession, config: Any, margins: list[str] = ()) -> DataFrame:
+    """Matched rows: (entry_ids[, margins], groups, labels[, utility], multiplicity)."""
+    keys = ["entry_ids", *margins, GROUPS_COL, LABELS_COL]
     if config.utility_col:
         df = spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
         if config.utility_col not in df.columns:
@@ -96,10 +96,17 @@ def m4_frame(spark: SparkSession, config: Any) -> DataFrame:
 
 
 def solve_m4(
-    spark: SparkSession, config: Any, spec: AttributeSpec, target_size: float, n_entries: int
+    spark: SparkSession,
+    config: Any,
+    spec: AttributeSpec,
+    target_size: float | None,
+    n_entries: int,
+    base: ScoreParams | None = None,
 ) -> tuple[M4Result, SignatureTable | None, np.ndarray | None, str]:
-    """(result, signature table and per-row π on the driver path, execution)."""
-    frame = m4_frame(spark, config)
+    """(result, signature table and per-row π on the driver path, execution). With ``base``
+    (rake with attributes) the utility is the base method's π and N its size."""
+    margins = list(base.margin_values) if base is not None else []
+    frame = m4_frame(spark, config, margins)
     execution = config.execution
     if execution == "auto":
         execution = choose_execution(*signature_table_size(frame), config.max_driver_nnz)
@@ -107,15 +114,17 @@ def solve_m4(
     utility = config.utility_col or None
     kw = {"tol": config.tol or 1e-9, "max_passes": config.max_iter or 2000}
     if execution == "driver":
-        keys = ["entry_ids", GROUPS_COL, LABELS_COL] + ([utility] if utility else [])
+        keys = ["entry_ids", *margins, GROUPS_COL, LABELS_COL] + ([utility] if utility else [])
         arrow = frame.orderBy(*keys).toArrow()
-        op = MemoryMomentOperator([block_from_arrow(arrow, layout, utility)])
+        op = MemoryMomentOperator([block_from_arrow(arrow, layout, utility, base=base)])
         result = m4_solve(op, spec, target_size, **kw)
-        table = SignatureTable.from_arrow(arrow.select(["entry_ids", "multiplicity"]), n_entries)
+        table = SignatureTable.from_arrow(
+            arrow.select(["entry_ids", *margins, "multiplicity"]), n_entries, margins
+        )
         return result, table, op.row_q(result.mu, result.nu), "driver"
     from curation.balancing.m4_spark import SparkMomentOperator
 
-    op = SparkMomentOperator(spark, frame, layout, utility)
+    op = SparkMomentOperator(spark, frame, layout, utility, base=base)
     try:
         result = m4_solve(op, spec, target_size, **kw)
     finally:
@@ -123,20 +132,33 @@ def solve_m4(
     return result, None, None, "spark"
 
 
-def m4_params(result: M4Result, spec: AttributeSpec, n_entries: int, utility: str) -> ScoreParams:
+def m4_params(
+    result: M4Result,
+    spec: AttributeSpec,
+    n_entries: int,
+    utility: str,
+    base: ScoreParams | None = None,
+) -> ScoreParams:
     """The broadcastable parameters (weights scaled to mean 1 over the eligible samples)."""
+    moments = {
+        "layout": MomentLayout.of(spec).to_dict(),
+        "mu": result.mu.tolist(),
+        "nu": result.nu,
+        "utility_col": utility,
+    }
+    if base is not None:
+        moments["base"] = base.to_dict()
     return ScoreParams(
         method="m4",
         n_entries=n_entries,
         entry_values=np.zeros(n_entries),
         weight_scale=result.n_eligible / result.size if result.size > 0 else 1.0,
-        moments={
-            "layout": MomentLayout.of(spec).to_dict(),
-            "mu": result.mu.tolist(),
-            "nu": result.nu,
-            "utility_col": utility,
+        moments=moments,
+        meta={
+            "status": result.status,
+            "target_size": result.target_size,
+            "base_method": base.method if base is not None else None,
         },
-        meta={"status": result.status, "target_size": result.target_size},
     )
 
 
@@ -156,18 +178,28 @@ def m4_info(result: M4Result, execution: str) -> dict[str, Any]:
 
 
 def m4_balance_result(
-    params: ScoreParams, result: M4Result, table: SignatureTable | None, pi: np.ndarray | None
+    params: ScoreParams,
+    result: M4Result,
+    table: SignatureTable | None,
+    pi: np.ndarray | None,
+    base: BalanceResult | None = None,
 ) -> BalanceResult | None:
-    """A :class:`BalanceResult` over the signature table (driver path), for the diagnostics."""
+    """A :class:`BalanceResult` over the signature table (driver path), for the diagnostics:
+    the entry targets are the base method's (rake with attributes), else the counts scaled to
+    the size."""
     if table is None or pi is None:
         return None
     counts = table.entry_counts()
+    if base is not None:
+        targets = np.asarray(base.targets, dtype=np.float64)[: counts.size]
+    else:
+        targets = counts.astype(np.float64) * (result.size / max(result.n_eligible, 1.0))
     return BalanceResult(
         params=params,
         weight=params.weight_scale * pi,
         pi=pi,
         counts=counts,
-        targets=counts.astype(np.float64) * (result.size / max(result.n_eligible, 1.0)),
+        targets=targets,
         history=[
             {"iter": h["iter"], "max_rel_err": h["max_violation"], "l1": h["size_rel_err"]}
             for h in result.history
@@ -182,9 +214,10 @@ def m4_diagnostics(
     table: SignatureTable | None,
     pi: np.ndarray | None,
     execution: str,
+    base: BalanceResult | None = None,
 ) -> tuple[dict[str, Any], np.ndarray | None, BalanceResult | None]:
     """diagnostics.json (the entry-level diagnostics on the driver path) and n_j(π)."""
-    br = m4_balance_result(params, result, table, pi)
+    br = m4_balance_result(params, result, table, pi, base)
     info = m4_info(result, execution)
     if br is None:
         return {"info": info, "entry_diagnostics": "not computed on the Spark path"}, None, None
@@ -226,7 +259,9 @@ def describe_m4(result: Any) -> str:
     s = result.summary
     e = s["entropy"]
     lines = [
-        f"balance: method m4, status {s['status']}"
+        f"balance: method {s['method']}"
+        + (" with attributes" if s["method"] != "m4" else "")
+        + f", status {s['status']}"
         + (" (up to date, skipped)" if result.skipped else ""),
         f"  expected size   {s['expected_size']:,.1f} (target {s['target_size']:,.1f})",
         f"  entropy (nats)  {e['before']:.4f} -> {e['after']:.4f}, Kish ESS {e['kish_ess']:,.0f}",
