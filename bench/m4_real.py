@@ -120,7 +120,11 @@ def run(name: str, table: pa.Table, spec, fraction: float, n_entries: int, with_
         "size_kept": result.size / n,
         "entropy_before": result.entropy["before"],
         "entropy_after": result.entropy["after"],
-        "entropy_cost": result.entropy["before"] - result.entropy["after"],
+        "rb_base": bias.get("attributes")["gender"].get("rb_base"),
+        "ab_base": bias.get("attributes")["gender"].get("ab_base"),
+        "entropy_base": result.base["entropy"] if result.base else result.entropy["before"],
+        "entropy_cost": (result.base["entropy"] if result.base else result.entropy["before"])
+        - result.entropy["after"],
         "kish_ess_share": result.entropy["kish_ess"] / n,
         "status": result.status,
         "passes": result.passes,

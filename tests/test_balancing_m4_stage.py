@@ -257,7 +257,14 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
     assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
     assert recompute_bias(rows, pi_rake)["rb"] > 2 * EPS  # rake alone does not debias
     bias = json.load(open(os.path.join(out.output, "bias.json")))
-    assert bias["attributes"]["gender"]["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
+    g = bias["attributes"]["gender"]
+    assert bias["method"] == "rake+attributes"
+    assert g["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
+    at_rake = recompute_bias(rows, pi_rake)  # "base": rake's own solution
+    assert g["rb_base"] == pytest.approx(at_rake["rb"], abs=1e-9)
+    assert g["labels"]["nurse"]["ab_base"]["female"] == pytest.approx(
+        at_rake["ab"][0, LABELS.index("nurse")], abs=1e-9
+    )
     # the entry-level diagnostics of the final π are written as for any method
     diag = json.load(open(os.path.join(out.output, "diagnostics.json")))
     assert diag["inclusion"]["expected_size"] == pytest.approx(sum(pi.values()), rel=1e-9)

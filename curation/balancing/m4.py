@@ -390,6 +390,7 @@ class M4Result:
     seconds: float = 0.0
     rounds: int = 0
     infeasible: list[dict[str, Any]] = field(default_factory=list)
+    base: dict[str, Any] | None = None  # the bias at q = u (rake with attributes: rake's π)
 
 
 def solve_dual(
@@ -455,11 +456,14 @@ def m4_solve(
     max_passes: int = 2000,
     bound: float = DEFAULT_BOUND,
     callback: Callable[[int], None] | None = None,
+    base_bias: bool | None = None,
 ) -> M4Result:
     """Solve M4 on the table behind ``op`` (module docstring); ``target_size`` = N (None: Σ m u,
     the size of the base method's solution when the utility is its π)."""
     t0 = time.perf_counter()
     layout = MomentLayout.of(spec)
+    if base_bias is None:
+        base_bias = target_size is None  # a base method's π as the utility: measure it too
     pool = op.run(None, 0.0)
     n_eligible = float(pool["n"])
     if target_size is None:
@@ -470,6 +474,7 @@ def m4_solve(
         )
     labels = constrained_labels(spec, layout, pool["feat"])
     before = bias_from_sums(spec, layout, pool["feat"], labels)
+    at_utility = op.run(np.zeros(layout.size), 0.0) if base_bias else None  # q = clip(u, 0, 1)
     shares = []
     for a, attr in enumerate(spec.attributes):
         s = _shares(pool["feat"], layout, a)
@@ -537,7 +542,7 @@ def m4_solve(
         entropy={
             "before": _entropy(pool),
             "after": _entropy(out),
-            "uniform_at_size": math.log(n_eligible),
+            "uniform": math.log(n_eligible),
             "kish_ess": float(out["size"] ** 2 / out["sq"]) if out["sq"] > 0 else 0.0,
         },
         history=history,
@@ -545,6 +550,13 @@ def m4_solve(
         seconds=time.perf_counter() - t0,
         rounds=rounds,
         infeasible=infeasible,
+        base=None
+        if at_utility is None
+        else {
+            "bias": bias_from_sums(spec, layout, at_utility["feat"], labels),
+            "entropy": _entropy(at_utility),
+            "size": float(at_utility["size"]),
+        },
     )
 
 
@@ -603,12 +615,23 @@ def bias_report(spec: AttributeSpec, result: M4Result, method: str = "m4") -> di
             else ("infeasible" if any(k[0] == attr.name for k in held) else "unmet"),
             "labels": labels,
         }
+        if result.base is not None:
+            u = result.base["bias"][attr.name]
+            entry = out["attributes"][attr.name]
+            entry.update(
+                shares_base=u["shares"], rb_base=u["rb"], ab_base=u["ab"], expected_base=u["mass"]
+            )
+            for name, lb in u["labels"].items():
+                entry["labels"][name]["ab_base"] = lb["ab"]
+                entry["labels"][name]["max_abs_ab_base"] = lb["max_abs_ab"]
     out["size"] = {
         "target": result.target_size,
         "expected": result.size,
         "eligible": result.n_eligible,
     }
-    out["entropy"] = result.entropy
+    out["entropy"] = dict(result.entropy)
+    if result.base is not None:
+        out["entropy"]["base"] = result.base["entropy"]
     out["solver"] = {
         "passes": result.passes,
         "rounds": result.rounds,
