@@ -184,7 +184,7 @@ class BalanceConfig:
     attributes: str = field(
         default="",
         metadata={
-            "help": "m4: attribute file (YAML) with the targets and epsilons (default: the one the pool was matched with; groups and labels must be the same)"
+            "help": "attribute file (YAML) with the bias targets and epsilons: m4 (default: the one the pool was matched with), or rake (rake, then the closest π meeting the bias bounds); its groups and labels must be those the pool was matched with"
         },
     )
     utility_col: str = field(
@@ -468,7 +468,7 @@ def headline(diag: dict) -> Headline:
 
 class BalanceStage(Stage):
     name = "balance"
-    help = "solve per-sample weights and inclusion probabilities (metaclip, balance or rake)"
+    help = "solve per-sample weights and inclusion probabilities (metaclip, balance, rake or m4)"
     options = BalanceConfig
 
     @classmethod
