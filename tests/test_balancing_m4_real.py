@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from curation.attributes import AttributeMatcher, load_spec
+from curation.balancing import SignatureTable, rake
 from curation.balancing.m4 import (
     MemoryMomentOperator,
     MomentLayout,
@@ -26,24 +27,31 @@ ATTRIBUTES = Path(__file__).resolve().parents[1] / "configs/attributes/gender_ac
 SETS = ("coco_val2017", "flickr8k", "multi30k_en", "redcaps")
 
 
-def test_m4_meets_both_bounds_on_real_captions(real_captions):
+def test_m4_and_rake_with_attributes_meet_both_bounds_on_real_captions(real_captions):
     captions = [c for name in SETS for c in real_captions.get(name, [])]
     if not captions:
         pytest.skip("none of the English caption sets is present")
     spec = load_spec(str(ATTRIBUTES))
     entries = Matcher(load_metadata(DEFAULT_METADATA).entries)
-    matched = [c for c, ids in zip(captions, entries.match_many(captions).to_pylist()) if ids]
+    found = entries.match_many(captions).to_pylist()
+    matched = [c for c, e in zip(captions, found) if e]
+    ids = [e for e in found if e]
     groups, labels = AttributeMatcher(spec).match_many(matched)
-    keys = Counter(zip(map(tuple, groups.to_pylist()), map(tuple, labels.to_pylist())))
+    keys = Counter(
+        zip(map(tuple, ids), map(tuple, groups.to_pylist()), map(tuple, labels.to_pylist()))
+    )
     rows = sorted(keys.items())
+    lists = pa.list_(pa.int32())
     table = pa.table(
         {
-            "attribute_groups": pa.array([list(g) for (g, _), _ in rows], pa.list_(pa.int32())),
-            "attribute_labels": pa.array([list(lb) for (_, lb), _ in rows], pa.list_(pa.int32())),
+            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
+            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
+            "attribute_labels": pa.array([list(lb) for (_, _, lb), _ in rows], lists),
             "multiplicity": pa.array([m for _, m in rows], pa.int64()),
         }
     )
-    op = MemoryMomentOperator([block_from_arrow(table, MomentLayout.of(spec))])
+    layout = MomentLayout.of(spec)
+    op = MemoryMomentOperator([block_from_arrow(table, layout)])
     n = len(matched)
     result = m4_solve(op, spec, 0.5 * n)
     g = bias_report(spec, result)["attributes"]["gender"]
@@ -55,3 +63,16 @@ def test_m4_meets_both_bounds_on_real_captions(real_captions):
     assert all(g["labels"][k]["max_abs_ab_after"] <= 0.01 for k in constrained)
     assert result.size == pytest.approx(0.5 * n, rel=1e-6)
     assert 0 < result.entropy["before"] - result.entropy["after"] < 0.05
+
+    # rake with attributes: rake at N, then the closest π that meets the same bounds
+    signatures = SignatureTable.from_arrow(
+        table.select(["entry_ids", "multiplicity"]), entries.n_entries
+    )
+    base = rake(signatures, target_size=0.5 * n)
+    op = MemoryMomentOperator([block_from_arrow(table, layout, base=base.params)])
+    combined = m4_solve(op, spec, None)
+    g = bias_report(spec, combined, "rake+attributes")["attributes"]["gender"]
+    assert combined.status == "converged"
+    assert g["rb_base"] > 0.1  # rake alone keeps the gender imbalance
+    assert g["rb_after"] <= 0.01 and g["ab_after"] <= 0.01
+    assert combined.size == pytest.approx(0.5 * n, rel=1e-3)
