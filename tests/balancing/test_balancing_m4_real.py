@@ -23,7 +23,7 @@ from curation.balancing.m4 import (
 from curation.matching import Matcher
 from curation.metadata import DEFAULT_METADATA, load_metadata
 
-ATTRIBUTES = Path(__file__).resolve().parents[1] / "configs/attributes/gender_activities.yaml"
+ATTRIBUTES = Path(__file__).resolve().parents[2] / "configs/attributes/gender_activities.yaml"
 SETS = ("coco_val2017", "flickr8k", "multi30k_en", "redcaps")
 
 
