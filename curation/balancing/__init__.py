@@ -22,10 +22,11 @@ from .metaclip import metaclip_probs as metaclip_probs
 from .metaclip import tail_share as tail_share
 from .operators import LocalOperator
 from .pair_balance import balance
-from .params import METHODS, BalanceResult, ScoreParams, expected_repeats, score_arrow, score_batch
+from .params import METHODS, BalanceResult, ScoreParams, expected_repeats, score_batch
 from .params import segment_sum as segment_sum
 from .rake import build_problem as build_problem
 from .rake import rake
+from .scoring import score_arrow
 from .signatures import SignatureTable
 from .target_size import TargetSizeError
 from .target_size import solve_prob_scale as solve_prob_scale

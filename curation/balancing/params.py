@@ -287,13 +287,13 @@ def expected_repeats(params: ScoreParams, weight: np.ndarray) -> np.ndarray:
 def score_arrow(
     params: ScoreParams, batch: pa.RecordBatch | pa.Table, entry_col: str = "entry_ids"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`score_batch` on an Arrow batch of pool rows (margin columns given as strings)."""
-    indptr, indices = list_array_to_csr(batch.column(entry_col))
-    if params.method == "m4":
-        from .m4 import score_moment_batch
+    """:func:`score_batch` on an Arrow batch of pool rows (margin columns given as strings).
 
-        pi = score_moment_batch(dict(params.moments or {}), batch, np.diff(indptr) > 0)
-        return params.weight_scale * pi, pi
+    The entry methods only; :func:`curation.balancing.scoring.score_arrow` scores every method
+    (m4 rows are scored from their attribute columns)."""
+    if params.method == "m4":
+        raise ValueError("m4 scores rows from their attribute columns: use scoring.score_arrow")
+    indptr, indices = list_array_to_csr(batch.column(entry_col))
     codes = {
         col: encode_margin(batch.column(col), params.margin_levels[col])[0]
         for col in params.margin_values

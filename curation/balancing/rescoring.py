@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curation.balancing.params import ScoreParams, expected_repeats, score_arrow
+from curation.balancing.params import ScoreParams, expected_repeats
+from curation.balancing.scoring import score_arrow
 from curation.balancing.signatures import encode_margin
 
 

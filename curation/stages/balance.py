@@ -531,9 +531,9 @@ class BalanceStage(Stage):
         return summary.to_json()
 
     def compute_m4(self, tmp: str) -> dict:
-        """M4 (:mod:`curation.stages.balance_m4`): the usual outputs plus ``bias.json``."""
+        """M4 (:mod:`curation.balancing.m4_run`): the usual outputs plus ``bias.json``."""
         from curation.balancing.m4 import bias_report
-        from curation.stages import balance_m4 as m4
+        from curation.balancing import m4_run as m4
 
         config, entries = self.config, self.entries
         spec = m4.m4_spec(config)
@@ -611,7 +611,7 @@ class BalanceStage(Stage):
     def describe(cls, result: StageResult) -> str:
         s = result.summary
         if s["method"] == "m4" or s.get("attributes"):
-            from curation.stages.balance_m4 import describe_m4
+            from curation.balancing.m4_run import describe_m4
 
             return describe_m4(result)
         d = s["headline"]

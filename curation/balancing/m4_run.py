@@ -1,4 +1,4 @@
-"""``balance --method m4``: moment matching (:mod:`curation.balancing.m4`) as a stage step.
+"""``balance --method m4``: moment matching (:mod:`curation.balancing.m4`) run for the balance stage.
 
 Reads the count stage's signature table with its attribute columns (or, with ``--utility-col``,
 the matched pool grouped by (entry ids, groups, labels, utility)), keeps the matched rows,
