@@ -45,9 +45,11 @@ class WarmSolver:
         self.kept_size = 0.0
 
     def solve(self, key: float, tau: np.ndarray, **overrides: Any) -> RakeSolution:
+        start = None
         if self.solved:
             near = min(self.solved, key=lambda x: abs(np.log(x / key)))
             lam0 = self.solved[near].lam.copy()
+            start = self.solved[near].point  # its pass, reused when λ is unchanged
         else:
             lam0 = self._cold_start(tau)
         # A column that the fixed rows alone already bring to its target has ∂F/∂λ_j =
@@ -63,6 +65,7 @@ class WarmSolver:
             free=self.free,
             memory=self.memory,
             column_counts=self.counts,
+            start=start,
             **(self.solve_kw | overrides),
         )
         self.memory = sol.memory
