@@ -119,6 +119,10 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.python.worker.reuse", "true")
+        # Output folders hold only Parquet (and Spark's empty _SUCCESS): the checksumming local
+        # file system writes a hidden ``.<file>.crc`` beside every file, which Polars (and any
+        # reader that lists the folder as it is) takes for data, and that no reader checks.
+        .config("spark.hadoop.fs.file.impl", "org.apache.hadoop.fs.RawLocalFileSystem")
     )
     if config.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))

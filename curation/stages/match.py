@@ -2,8 +2,8 @@
 
 Output directory (committed atomically, see :mod:`curation.storage`)::
 
-    pool/           Parquet: every input column, with the role columns renamed to caption/url/uid,
-                    plus ``uid: string`` (kept, or derived) and ``entry_ids: list<int32>`` (sorted,
+    pool/           Parquet: every input column (but pandas' unnamed index, ``__index_level_N__``),
+                    with the role columns renamed to caption/url/uid, plus ``uid: string`` (kept, or derived) and ``entry_ids: list<int32>`` (sorted,
                     distinct; empty when nothing matched)
     rejects/        Parquet: rows that cannot be matched, with ``reason`` and ``source_file``
     metadata.json   the metadata list used (entry id = position), so later stages need nothing else
@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -82,6 +83,9 @@ JSONL_REJECT_REASONS = ("caption_not_string",)
 # A caption of nothing but white space and invisible format characters (category Cf: zero-width
 # space, joiners, word joiner, BOM, soft hyphen, direction marks) shows nothing: empty_caption.
 EMPTY_CAPTION = r"(?U)^[\s\p{Cf}]*$"
+# The column pyarrow stores for a pandas DataFrame's unnamed index (``df.to_parquet`` without
+# ``index=False``): row positions of the writer's frame, not data; dropped from the matched pool.
+PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
 
 
 @dataclass
@@ -423,6 +427,14 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
     return LoadedMetadata(entries, build, summary, languages)
 
 
+def drop_pandas_index(df: DataFrame) -> DataFrame:
+    """``df`` without pandas' unnamed index columns (:data:`PANDAS_INDEX`)."""
+    stray = [c for c in df.columns if PANDAS_INDEX.match(c)]
+    if stray:
+        log.info("match: dropping pandas index column(s) %s", ", ".join(stray))
+    return df.drop(*stray)
+
+
 class MatchStage(Stage):
     name = "match"
     help = "match captions against a metadata list (MetaCLIP semantics) and add entry_ids"
@@ -468,6 +480,7 @@ class MatchStage(Stage):
             config.uid_col,
             reader_options(config),
         )
+        df = drop_pandas_index(df)
         if config.lang_col and config.lang_col not in df.columns:
             raise storage.StageInputError(
                 f"{config.input}: the language column {config.lang_col!r} does not exist; "
