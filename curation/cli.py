@@ -100,7 +100,78 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Spark master when not under spark-submit (default: local[*])",
     )
+    _add_inspect_parser(sub)
     return parser
+
+
+# --- curate inspect: questions about a committed run (Polars, no Spark; writes nothing) ----------
+
+
+def _add_inspect_parser(sub: Any) -> None:
+    from curation.inspect import FORMATS
+
+    p = sub.add_parser(
+        "inspect",
+        help="answer questions about a committed run (entries, captions, sample, compare)",
+        description="Read a run's committed outputs with Polars (no Spark) and print a table.",
+    )
+    questions = p.add_subparsers(dest="question", required=True, metavar="QUESTION")
+
+    def question(name: str, help: str, run: bool = True) -> argparse.ArgumentParser:
+        q = questions.add_parser(name, help=help, description=help)
+        if run:
+            q.add_argument("--run", required=True, help="run directory (curate run's run.dir)")
+            q.add_argument(
+                "--balance", default="", help="balance output to use when the run has several"
+            )
+        q.add_argument("--format", choices=FORMATS, default="table", help="output format")
+        q.add_argument("--debug", action="store_true", help="show full tracebacks")
+        return q
+
+    q = question("entries", "per entry: count, cap, target, expected after, factor, kept, residual")
+    q.add_argument("--match", default="", help="only entries whose text matches this regex")
+    q.add_argument("--sort", default="count", help="column to sort by (descending)")
+    q.add_argument("--ascending", action="store_true", help="sort ascending")
+    q.add_argument("--top", type=int, default=20, help="rows to show (0: all)")
+    q = question("captions", "a reproducible sample of captions matched to one entry")
+    q.add_argument("--entry", required=True, help="the entry's text, exactly")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--selected", action="store_true", help="only selected captions")
+    which.add_argument("--dropped", action="store_true", help="only captions not selected")
+    q.add_argument("--limit", type=int, default=10, help="captions to show")
+    q.add_argument("--seed", type=int, default=0, help="sampling seed")
+    q = question("sample", "why one sample got its inclusion probability, and the draw")
+    q.add_argument("--uid", required=True, help="the sample's uid")
+    q = question("compare", "entries whose expected share changed most between two runs", False)
+    q.add_argument("run_a", help="first run directory")
+    q.add_argument("run_b", help="second run directory")
+    q.add_argument("--top", type=int, default=20, help="rows to show (0: all)")
+
+
+class _Printed(str):
+    """A text answer; :func:`main` prints what ``report()`` returns."""
+
+    def report(self) -> str:
+        return str(self)
+
+
+def _inspect(args: argparse.Namespace) -> _Printed:
+    from curation import inspect as ins
+
+    if args.question == "compare":
+        answer = ins.compare(
+            ins.RunOutputs.find(args.run_a), ins.RunOutputs.find(args.run_b), args.top
+        )
+        return _Printed(ins.render(answer, args.format))
+    out = ins.RunOutputs.find(args.run, args.balance)
+    if args.question == "entries":
+        answer = ins.entries(out, args.match, args.sort, not args.ascending, args.top)
+    elif args.question == "captions":
+        which = "selected" if args.selected else "dropped" if args.dropped else "all"
+        answer = ins.captions(out, args.entry, which, args.limit, args.seed)
+    else:
+        answer = ins.sample(out, args.uid)
+    return _Printed(ins.render(answer, args.format))
 
 
 def _spark_config(file_data: dict[str, Any], source: str, args: argparse.Namespace) -> SparkConfig:
@@ -146,6 +217,8 @@ def run_command(argv: Sequence[str]) -> Any:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run_pipeline(args)
+    if args.command == "inspect":
+        return _inspect(args)
     stage = load_stage(args.command)
     file_data: dict[str, Any] = {}
     source = "<command line>"

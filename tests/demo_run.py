@@ -58,7 +58,7 @@ def demo_run(spark, tmp_path_factory, demo_image_server) -> DemoRun:
     config = root / "run.yaml"
     config.write_text(
         f"run:\n  dir: {run}\n  stages: [demo-pool]\n"
-        f"demo:\n  rows: 3000\n  files: 2\n  metadata: {root / 'meta.json'}\n  vocabulary: 300\n"
+        f"demo:\n  rows: 3000\n  files: 2\n  metadata: {root / 'meta.json'}\n  vocabulary: 0\n"
         f"  url_prefix: {demo_image_server}\n"
     )
     run_command(["run", "--config", str(config)])
