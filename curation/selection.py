@@ -10,6 +10,8 @@ i.e. the top 53 bits of a keyed 64-bit BLAKE2b of the uid's UTF-8 bytes, with th
 (0 ≤ seed < 2⁶⁴) as the 8-byte little-endian key. u ∈ [0, 1) is a multiple of 2⁻⁵³, exactly
 representable as a float64, and depends only on (uid, seed): the same on any machine, Spark
 partitioning or rerun. Non-string uids (e.g. integers) are hashed through ``str(uid)``.
+The per-epoch coin of :mod:`curation.training` is the same hash with the 16-byte key
+``seed.to_bytes(8, "little") + epoch.to_bytes(8, "little")`` (:func:`seed_key`).
 
 Keep iff u_i < π_i (so P(keep) = π_i, and π_i = 1 always keeps, π_i = 0 never does).
 With replacement: r_i = ⌊e_i⌋ + [u_i < e_i − ⌊e_i⌋] for expected repeats e_i, so E[r_i] = e_i.
@@ -48,9 +50,22 @@ def _uid_strings(uids: pa.Array | pa.ChunkedArray | Sequence[object]) -> list[st
 
 def hash_uniform(uids: pa.Array | pa.ChunkedArray | Sequence[object], seed: int) -> np.ndarray:
     """u_i ∈ [0, 1) from (uid_i, seed); see the module docstring for the exact definition."""
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError("seed must be in [0, 2**64)")
-    key = int(seed).to_bytes(8, "little")
+    return keyed_uniform(uids, seed_key(seed))
+
+
+def seed_key(*numbers: int) -> bytes:
+    """The BLAKE2b key of the hashed uniform: each number (0 ≤ n < 2⁶⁴) as 8 little-endian bytes,
+    concatenated. ``seed_key(seed)`` is selection's key; ``seed_key(seed, epoch)`` is the
+    per-epoch key of :mod:`curation.training`."""
+    for n in numbers:
+        if not 0 <= int(n) < 2**64:
+            raise ValueError(f"{n}: seeds and epochs must lie in [0, 2**64)")
+    return b"".join(int(n).to_bytes(8, "little") for n in numbers)
+
+
+def keyed_uniform(uids: pa.Array | pa.ChunkedArray | Sequence[object], key: bytes) -> np.ndarray:
+    """u_i = (H >> 11) · 2⁻⁵³ with H the keyed 64-bit BLAKE2b of uid_i's UTF-8 bytes (module
+    docstring); ``key`` is at most 64 bytes (:func:`seed_key`)."""
     blake = hashlib.blake2b
     h = np.fromiter(
         (
