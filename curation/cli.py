@@ -155,9 +155,13 @@ class _Printed(str):
         return str(self)
 
 
-def _inspect(args: argparse.Namespace) -> _Printed:
+def _inspect(argv: Sequence[str]) -> _Printed:
+    """``curate inspect ...``, parsed on its own: no stage module (nor Spark) is loaded."""
     from curation import inspect as ins
 
+    parser = argparse.ArgumentParser(prog="curate")
+    _add_inspect_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
     if args.question == "compare":
         answer = ins.compare(
             ins.RunOutputs.find(args.run_a), ins.RunOutputs.find(args.run_b), args.top
@@ -214,11 +218,11 @@ def _setup_logging(debug: bool) -> None:
 
 def run_command(argv: Sequence[str]) -> Any:
     """Parse ``argv`` and run the subcommand; returns its result (raises on errors)."""
+    if list(argv[:1]) == ["inspect"]:
+        return _inspect(argv)
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run_pipeline(args)
-    if args.command == "inspect":
-        return _inspect(args)
     stage = load_stage(args.command)
     file_data: dict[str, Any] = {}
     source = "<command line>"
