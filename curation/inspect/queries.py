@@ -178,16 +178,21 @@ def captions(
     if which not in ("all", "selected", "dropped"):
         raise ValueError(f"which={which!r}: all, selected or dropped")
     j = entry_id_of(out, entry)
-    pool = out.pool()
     margins = list(out.params.margin_values)
-    rows = pool.filter(pl.col("entry_ids").list.contains(j)).select(
-        "uid", "caption", "entry_ids", *margins
-    )
-    rows = _with_selection(out, rows, which != "all")
+    # Two passes, so that memory holds the candidates' uids, not their captions: draw the
+    # sample from (uid, selected) of every candidate, then read the drawn rows.
+    uids = out.pool().filter(pl.col("entry_ids").list.contains(j)).select("uid")
+    uids = _with_selection(out, uids, which != "all")
     if which != "all":
-        rows = rows.filter(pl.col("selected") == (which == "selected"))
-    candidates = _collect(rows.sort("uid"))
-    picked = candidates.sample(n=min(limit, candidates.height), seed=seed).sort("uid")
+        uids = uids.filter(pl.col("selected") == (which == "selected"))
+    candidates = _collect(uids.sort("uid"))
+    drawn = candidates.sample(n=min(limit, candidates.height), seed=seed)
+    rows = _collect(
+        out.pool()
+        .filter(pl.col("uid").is_in(drawn["uid"].implode()))
+        .select("uid", "caption", "entry_ids", *margins)
+    )
+    picked = drawn.join(rows, on="uid", how="left").sort("uid")
     weight, pi = _score(out, picked)
     table = picked.select(
         "uid",
