@@ -436,3 +436,62 @@ BY_STAGE: dict[str, type[Record]] = {
     "download": ShardStats,
     "reshard": ShardStats,
 }
+
+
+# --- bias (balance --method m4, or rake with --attributes) ---------------------------------------
+
+
+@dataclass
+class BiasLabel(Record):
+    """One label y_r of an attribute in ``bias.json``: its mentions and association bias."""
+
+    constrained: bool | None = None
+    count_before: float | None = None
+    expected_after: float | None = None
+    max_abs_ab_before: float | None = None
+    max_abs_ab_after: float | None = None
+    max_abs_ab_base: float | None = optional()
+    status: str | None = None
+
+
+@dataclass
+class BiasAttribute(Record):
+    """One sensitive attribute in ``bias.json``: representation and association bias, before and
+    after (and of the base method's solution, for rake with attributes)."""
+
+    target: Any = None
+    count_before: float | None = None
+    expected_after: float | None = None
+    shares_before: dict[str, float] | None = None
+    shares_after: dict[str, float] | None = None
+    rb_before: float | None = None
+    rb_after: float | None = None
+    rb_base: float | None = optional()
+    rb_status: str | None = None
+    ab_before: float | None = None
+    ab_after: float | None = None
+    ab_base: float | None = optional()
+    ab_status: str | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    def label_records(self) -> dict[str, BiasLabel]:
+        return {name: BiasLabel.from_json(v) for name, v in self.labels.items()}
+
+
+@dataclass
+class BiasReport(Record):
+    """``bias.json`` of balance (written by :func:`curation.balancing.m4.bias_report`)."""
+
+    FILE: ClassVar[str] = "bias.json"
+
+    method: str | None = None
+    status: str | None = None
+    epsilon: dict[str, float] = field(default_factory=dict)
+    min_label_count: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    size: dict[str, Any] = field(default_factory=dict)
+    entropy: dict[str, Any] = field(default_factory=dict)
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    def attribute_records(self) -> dict[str, BiasAttribute]:
+        return {name: BiasAttribute.from_json(v) for name, v in self.attributes.items()}

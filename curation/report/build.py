@@ -14,6 +14,7 @@ from curation.report.context import Builder
 from curation.report.html import page
 from curation.report.run import StageOutput, discover_stages
 from curation.report.sections.balance import section_balance
+from curation.report.sections.bias import section_bias
 from curation.report.sections.comparison import section_comparison
 from curation.report.sections.margins import section_margins
 from curation.report.sections.pool import section_pool
@@ -52,6 +53,7 @@ def build_report(
     section_stages(b)
     section_pool(b)
     runs = section_balance(b)
+    section_bias(b)
     section_comparison(b, runs)
     section_margins(b, runs)
     section_selection(b)

@@ -299,3 +299,41 @@ def plot_margin(column: str, before: dict[str, float], after: list[tuple[str, di
         f"Share of samples per level of {column}: the matched pool, and the expected selection "
         "of each balance run.",
     )
+
+
+def plot_bias(labels: list[tuple[str, float, float, bool]], epsilon: float) -> Plot | None:
+    """Association bias per label, before (x) against after (y): ``labels`` holds (name,
+    max_k |AB| before, after, constrained). Constrained labels must end below ε."""
+    pts = [p for p in labels if finite(p[1]) and finite(p[2])]
+    if not pts:
+        return None
+    fig, ax = _figure(7.2, 3.8)
+    for constrained, color, name in (
+        (True, AFTER_COLOR, "constrained"),
+        (False, "#999999", "not constrained"),
+    ):
+        xs = [p[1] for p in pts if p[3] == constrained]
+        ys = [p[2] for p in pts if p[3] == constrained]
+        if xs:
+            ax.scatter(xs, ys, s=18, color=color, label=f"{name} ({len(xs)})", zorder=3)
+    top = max(max(p[1] for p in pts), max(p[2] for p in pts), epsilon) * 1.05
+    ax.plot([0, top], [0, top], color="#bbbbbb", lw=1, ls=":")
+    ax.axhline(epsilon, color=TARGET_COLOR, lw=1, ls="--", label=f"ε = {epsilon:g}")
+    for name, x, y, _ in sorted(pts, key=lambda p: -p[1])[:5]:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=8, loc="upper left")
+    _style(
+        ax,
+        "Association bias per label, before and after",
+        "max over groups of |AB| before",
+        "after",
+    )
+    return _render(
+        fig,
+        "Scatter of each label's association bias before and after balancing",
+        "Each point is a label: max over the attribute's groups of |E[y | s_k = 1] − "
+        "E[y | s_k = 0]| in the pool (x) and in the balanced set (y). Constrained labels (at "
+        "least min_label_count mentions) must end below the dashed line.",
+    )

@@ -268,3 +268,23 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
     # the entry-level diagnostics of the final π are written as for any method
     diag = json.load(open(os.path.join(out.output, "diagnostics.json")))
     assert diag["inclusion"]["expected_size"] == pytest.approx(sum(pi.values()), rel=1e-9)
+
+
+def test_report_shows_bias_before_and_after(spark, pipeline):
+    from curation.report import build_report
+    from curation.report.format import fmt_num
+
+    root, *_ = pipeline
+    out = balance(spark, pipeline, "b-report", execution="driver")
+    bias = json.load(open(os.path.join(out.output, "bias.json")))
+    report = build_report(str(root))
+    assert "Bias (representation and association)" in report.html
+    part = report.html.split('id="bias-b-report"', 1)[1].split("<h3", 1)[0]
+    shown = next(x for x in report.summary["bias"] if x["output"] == "b-report")
+    for name, attr in bias["attributes"].items():
+        assert shown[name] == {"rb_after": attr["rb_after"], "ab_after": attr["ab_after"]}
+        for key in ("rb_before", "rb_after", "ab_before", "ab_after"):
+            assert f">{fmt_num(attr[key])}<" in part
+        constrained = [n for n, lab in attr["labels"].items() if lab["constrained"]]
+        assert constrained and all(f">{e}<" in part for e in constrained[:5])
+    assert "Scatter of each label&#x27;s association bias" in part
