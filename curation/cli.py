@@ -17,6 +17,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from curation import __version__
@@ -25,7 +26,9 @@ from curation.config import (
     add_dataclass_arguments,
     apply_overrides,
     build_config,
+    key_line,
     load_config_file,
+    override_origins,
 )
 from curation.metadata import MetadataError
 from curation.pipeline import ORDER, SECTIONS, stage_info
@@ -189,10 +192,27 @@ def _spark_config(file_data: dict[str, Any], source: str, args: argparse.Namespa
     return config
 
 
+def option_schemas() -> dict[str, type]:
+    """``{config section: options dataclass}`` of every stage (for ``--set`` overrides)."""
+    return {SECTIONS[name]: load_stage(name).options for name in ORDER}
+
+
+def check_override_sections(overrides: Sequence[str]) -> None:
+    """A ``--set`` of a section that no stage has is a typo: name it (it would be ignored)."""
+    known = {"run", "spark", *SECTIONS.values()}
+    for section, keys in override_origins(overrides).items():
+        if section not in known:
+            raise ConfigError(
+                f"{next(iter(keys.values()))}: unknown section {section!r}; sections are "
+                f"{', '.join(sorted(known))}"
+            )
+
+
 def _run_pipeline(args: argparse.Namespace) -> Any:
     from curation.stages.run import run_pipeline
 
-    file_data = apply_overrides(load_config_file(args.config), args.overrides)
+    check_override_sections(args.overrides)
+    file_data = apply_overrides(load_config_file(args.config), args.overrides, option_schemas())
     spark_config = _spark_config(file_data, args.config, args)
     session: list[Any] = []
 
@@ -201,7 +221,13 @@ def _run_pipeline(args: argparse.Namespace) -> Any:
             session.append(get_spark(spark_config))
         return session[0]
 
-    return run_pipeline(file_data, lazy_spark, args.force, args.config)
+    return run_pipeline(
+        file_data,
+        lazy_spark,
+        args.force,
+        args.config,
+        origins=override_origins(args.overrides),
+    )
 
 
 def _setup_logging(debug: bool) -> None:
@@ -214,6 +240,21 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not debug:
         quiet_pyspark_loggers()
+
+
+def option_name(
+    args: argparse.Namespace, section: str, source: str, overridden: dict[str, str], key: str
+) -> str:
+    """How a user gave option ``key`` of a stage command, for errors: its flag when given as one
+    (or not given at all), the ``--set`` that set it, or its key and line in the config file."""
+    if getattr(args, key, None) is None and key in overridden:
+        return overridden[key]
+    path = "" if source.startswith("<") else source
+    if getattr(args, key, None) is None and path:
+        line = key_line(path, section, key)
+        if line:
+            return f"{section}.{key} at {path}:{line}"
+    return "--" + key.replace("_", "-")
 
 
 def run_command(argv: Sequence[str]) -> Any:
@@ -229,12 +270,17 @@ def run_command(argv: Sequence[str]) -> Any:
     if args.config:
         file_data = load_config_file(args.config)
         source = args.config
-    file_data = apply_overrides(file_data, args.overrides)
-    config = build_config(stage.options, SECTIONS[args.command], args, file_data, source)
+    check_override_sections(args.overrides)
+    file_data = apply_overrides(file_data, args.overrides, option_schemas())
+    section = SECTIONS[args.command]
+    origins = override_origins(args.overrides)
+    config = build_config(stage.options, section, args, file_data, source, origins=origins)
     spark_config = _spark_config(file_data, source, args) if stage.needs_spark else None
-    stage.check(config)
-    spark = get_spark(spark_config) if spark_config is not None else None
-    return stage(config, spark).run(args.force)
+    # Everything that can fail without Spark fails here, in about a second.
+    stage.preflight(config, partial(option_name, args, section, source, origins.get(section, {})))
+    # The session starts only when the stage has work to do (an up-to-date output is skipped).
+    factory = partial(get_spark, spark_config) if spark_config is not None else None
+    return stage(config, spark_factory=factory).run(args.force)
 
 
 _PYTHON_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$")

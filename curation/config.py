@@ -15,7 +15,12 @@ text. From that one declaration this module derives:
   options are loaded (:func:`from_mapping`, used for flags, the config file and ``curate run``),
   so a bad value is refused with the option's name and range before any Spark session starts.
 
-Precedence, lowest first: dataclass defaults, the config file, ``--set``, explicit flags.
+Precedence, lowest first: dataclass defaults, the config file, ``--set``, explicit flags. Options
+that fix the same thing (``balance``'s size: ``cap``, ``target_size``, ``target_fraction``,
+``tail_share``) carry the same ``group`` in their metadata: a layer that sets one of them replaces
+the lower layers' values of the others, so ``--set balance.cap=20000`` over a file with
+``target_fraction`` means "the cap instead". An error in a value names where it came from: the
+file and line, the ``--set`` override, or the command line.
 """
 
 from __future__ import annotations
@@ -108,8 +113,38 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists) to ``data``."""
+def override_origins(overrides: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``{section: {key: "--set 'section.key=value'"}}``: where each overridden key came from,
+    so that an error in it names the ``--set`` that wrote it, not the config file."""
+    origins: dict[str, dict[str, str]] = {}
+    for item in overrides:
+        keys = item.split("=", 1)[0].strip().split(".")
+        if "=" in item and len(keys) >= 2:
+            origins.setdefault(keys[0], {})[keys[1]] = f"--set {item!r}"
+    return origins
+
+
+def replace_group_mates(cls: type, data: dict[str, Any], newer: Sequence[str]) -> None:
+    """Drop from ``data`` the options that share a ``group`` with one of the ``newer`` keys (set
+    by a later, more explicit layer: ``--set`` over the file, a flag over both).
+
+    The size options of ``balance`` are such a group: ``--set balance.cap=20000`` over a file
+    that sets ``target_fraction`` replaces it, as the later setting wins for a plain key.
+    Options set together in one layer are all kept (the stage checks that they fit).
+    """
+    groups = {f.name: f.metadata.get("group") for f in dataclasses.fields(cls)}
+    replaced = {groups.get(k) for k in newer} - {None}
+    for key in [k for k in data if k not in newer and groups.get(k) in replaced]:
+        del data[key]
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], schemas: dict[str, type] | None = None
+) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists) to ``data``.
+
+    ``schemas`` (``{section: options dataclass}``): an override of a grouped option replaces the
+    file's options of the same group (:func:`replace_group_mates`)."""
     data = json.loads(json.dumps(data))
     for item in overrides:
         if "=" not in item:
@@ -125,6 +160,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node[keys[-1]] = safe_load_yaml(raw, f"--set {item!r}") if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: cannot parse value: {exc}") from exc
+    for section, keys in override_origins(overrides).items():
+        if schemas and section in schemas and isinstance(data.get(section), dict):
+            replace_group_mates(schemas[section], data[section], list(keys))
     return data
 
 
@@ -257,22 +295,24 @@ def out_of_range(value: Any, f: dataclasses.Field, tp: Any) -> str | None:
 
 def check_ranges(
     obj: Any,
-    where: str,
+    where: str | typing.Callable[[str], str],
     line_of: typing.Callable[[str], str] = lambda _: "",
     *,
     flags: bool = True,
 ) -> None:
     """Refuse a numeric option outside its declared range (see the module docstring): the error
     names the option (``section.key``, its line in the config file, and its flag when the
-    options have flags) and the range."""
+    options have flags) and the range. ``where``: the ``source: section`` prefix, or a function
+    of the key giving it (a key set by ``--set`` or a flag names that, not the file)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         why = out_of_range(value, f, hints[f.name])
         if why:
             flag = f" ({_flag(f.name)})" if flags else ""
+            prefix = where(f.name) if callable(where) else where
             raise ConfigError(
-                f"{where}.{f.name}{line_of(f.name)}{flag} = {value!r}: {why}; "
+                f"{prefix}.{f.name}{line_of(f.name)}{flag} = {value!r}: {why}; "
                 f"allowed: {describe_range(f, hints[f.name])}"
             )
 
@@ -321,35 +361,42 @@ def from_mapping(
     path: str = "",
     section: str = "",
     flags: bool = True,
+    origins: typing.Mapping[str, str] | None = None,
 ) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and values out of range
     name ``where.key`` (and its flag, unless ``flags`` is false), and, when the data came from
-    the config file ``path``, the key's line in it."""
+    the config file ``path``, the key's line in it. ``origins`` names the source of keys that did
+    not come from the file (``{key: "--set 'balance.cap=3'"}`` or ``{key: "<command line>"}``):
+    their errors name it instead of the file."""
     if not isinstance(data, dict):
         line = key_line(path, section) if path else None
         at = f" (line {line})" if line else ""
         raise ConfigError(f"{where}{at}: expected a mapping of options, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    origins = origins or {}
+
+    def source(key: str) -> str:
+        return f"{origins[key]}: {section}" if key in origins else where
 
     def at(key: str) -> str:
-        line = key_line(path, section, key) if path else None
+        line = key_line(path, section, key) if path and key not in origins else None
         return f" (line {line})" if line else ""
 
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}{at(unknown[0])}; known keys: "
+            f"{source(unknown[0])}: unknown key {unknown[0]!r}{at(unknown[0])}; known keys: "
             f"{', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():
         try:
-            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+            kwargs[name] = _coerce(value, hints[name], f"{source(name)}.{name}")
         except ConfigError as exc:
             raise ConfigError(f"{exc}{at(name)}") from exc
     obj = cls(**kwargs)
-    check_ranges(obj, where, at, flags=flags)
+    check_ranges(obj, source, at, flags=flags)
     return obj
 
 
@@ -404,17 +451,27 @@ def build_config(
     source: str = "<command line>",
     *,
     flags: bool = True,
+    origins: dict[str, dict[str, str]] | None = None,
 ) -> T:
     """Defaults < config-file section < explicit flags, checked against ``cls`` (``flags``:
-    whether ``cls`` has command-line flags, to name them in errors)."""
+    whether ``cls`` has command-line flags, to name them in errors; ``origins``:
+    :func:`override_origins` of the ``--set`` overrides already applied to ``file_data``). A flag
+    of a grouped option replaces the lower layers' options of its group
+    (:func:`replace_group_mates`)."""
     section_data = (file_data or {}).get(section, {}) or {}
     path = "" if source.startswith("<") else source
     where = f"{source}: {section}"
     if not isinstance(section_data, dict):
         return from_mapping(cls, section_data, where, path=path, section=section, flags=flags)
     data = dict(section_data)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = getattr(args, f.name, None)
-        if value is not None:
-            data[f.name] = value
-    return from_mapping(cls, data, where, path=path, section=section, flags=flags)
+    origins = dict((origins or {}).get(section, {}))
+    given = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if getattr(args, f.name, None) is not None
+    ]
+    replace_group_mates(cls, data, given)
+    for name in given:
+        data[name] = getattr(args, name)
+        origins[name] = "<command line>"
+    return from_mapping(cls, data, where, path=path, section=section, flags=flags, origins=origins)

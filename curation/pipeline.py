@@ -10,6 +10,8 @@ A *feed* says where a path option of a stage comes from in a run directory: a st
 stage's output directory), ``@pool`` (``run.pool``) or ``@run`` (the run directory itself). A feed
 lists alternatives, first non-empty wins. A feed from an *optional* stage (one that ``curate run``
 does not run by default: ``demo-pool``, ``metadata``) applies only when that stage is part of the run.
+``curate run`` runs ``match``, ``count``, ``balance``, ``select`` and ``report`` by default, plus
+``metadata``, ``download`` and ``reshard`` when the config has their section.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ STAGES: tuple[StageInfo, ...] = (
         "metadata.json",
         "metadata",
         "metadata list",
+        when_configured=True,
     ),
     StageInfo(
         "match",
@@ -109,7 +112,7 @@ STAGES: tuple[StageInfo, ...] = (
         "report",
         "report",
         "report",
-        when_configured=True,
+        default=True,
         feeds={"run": ("@run",)},
     ),
 )
@@ -144,9 +147,27 @@ def default_paths(name: str, run_dir: str, pool: str, in_run: set[str]) -> dict[
     ``in_run`` holds the stages of this run up to and including ``name``; feeds from optional
     stages not among them are left out.
     """
+    return {k: v for k, (v, _) in path_sources(name, run_dir, pool, in_run).items()}
+
+
+def path_sources(
+    name: str,
+    run_dir: str,
+    pool: str,
+    in_run: set[str],
+    outputs: dict[str, str] | None = None,
+) -> dict[str, tuple[str, str]]:
+    """:func:`default_paths` with where each path comes from: ``{option: (path, source)}``, the
+    source a stage name, ``@pool``, ``@run`` or ``@dir`` (the stage's own output directory).
+
+    ``outputs`` holds the output paths the stages of this run were configured with: a feed from
+    such a stage takes its configured output, not the default directory (``metadata.output``
+    set in the config reaches ``match.metadata``).
+    """
     d = run_dir.rstrip("/")
     info = stage_info(name)
-    paths = {"output": f"{d}/{info.directory}"} if name != "report" else {}
+    outputs = outputs or {}
+    paths = {"output": (f"{d}/{info.directory}", "@dir")} if name != "report" else {}
     for option, sources in info.feeds.items():
         for source in sources:
             if source == "@pool":
@@ -156,9 +177,9 @@ def default_paths(name: str, run_dir: str, pool: str, in_run: set[str]) -> dict[
             else:
                 upstream = stage_info(source)
                 usable = upstream.default or source in in_run
-                value = f"{d}/{upstream.directory}" if usable else ""
+                value = outputs.get(source) or f"{d}/{upstream.directory}" if usable else ""
             if value:
-                paths[option] = value
+                paths[option] = (value, source)
                 break
     return paths
 

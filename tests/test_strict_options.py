@@ -207,7 +207,9 @@ def test_curate_run_checks_every_stage_before_the_first_one_runs(tmp_path, capsy
         "balance:\n  cap: 10\n  tail_share: 0.5\n"
     )
     code, err = cli(capsys, "run", "--config", str(config))
-    assert code == 2 and err == ["error: give either --cap or --tail-share, not both"]
+    assert code == 2 and err == [
+        f"error: {config}: balance: give either --cap or --tail-share, not both"
+    ]
     assert not run_dir.exists()
 
 

@@ -101,17 +101,29 @@ class BalanceConfig:
             "help": "rake only: tail (keep every sample MetaCLIP keeps for its tail entries, rake the head-only samples toward min(c_j, t)) or l1 (rake every sample, exact L1 to min(c_j, t); drops tail samples that co-occur with head entries)"
         },
     )
+    # The size options form one group: one set by a later layer (--set over the file, a flag over
+    # both) replaces the others (see curation.config).
     cap: float = field(
         default=0.0,
-        metadata={"min": 0, "help": "per-entry cap t (0: solve it from the target size)"},
+        metadata={
+            "min": 0,
+            "group": "size",
+            "help": "per-entry cap t (0: solve it from the target size)",
+        },
     )
     target_size: int = field(
-        default=0, metadata={"min": 0, "help": "target output size N (expected number of samples)"}
+        default=0,
+        metadata={
+            "min": 0,
+            "group": "size",
+            "help": "target output size N (expected number of samples)",
+        },
     )
     target_fraction: float = field(
         default=0.0,
         metadata={
             "min": 0,
+            "group": "size",
             "help": "target size as a fraction of the matched samples (above 1 only with --with-replacement)",
         },
     )
@@ -120,6 +132,7 @@ class BalanceConfig:
         metadata={
             "min": 0,
             "below": 1,
+            "group": "size",
             "help": "MetaCLIP 2's rule: t such that entries below t hold this share of all matches",
         },
     )

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -136,9 +136,13 @@ class Stage:
     #: Lineage names that inputs must agree on (None: every name they share).
     lineage_keys: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, config: Any, spark: Any = None) -> None:
+    def __init__(
+        self, config: Any, spark: Any = None, spark_factory: Callable[[], Any] | None = None
+    ) -> None:
         self.config = config
         self.spark = spark
+        # Called for a session when the stage has work to do (none is started for a skip).
+        self.spark_factory = spark_factory
         self.force = False
         self.started = time.perf_counter()
 
@@ -168,6 +172,8 @@ class Stage:
         if not force and self.is_up_to_date(manifest):
             log.info("%s: %s is up to date; skipped", self.name, self.output)
             return self.committed_result()
+        if self.spark is None and self.spark_factory is not None and self.needs_spark:
+            self.spark = self.spark_factory()
         self.started = time.perf_counter()
         summary = self.commit(manifest)
         return self.result(summary)
@@ -176,6 +182,36 @@ class Stage:
     def check(cls, config: Any) -> None:
         """Refuse options that do not fit together; runs before any Spark session starts (each
         option's own type and range are checked when it is loaded, see :mod:`curation.config`)."""
+
+    @classmethod
+    def preflight(
+        cls,
+        config: Any,
+        name_of: Callable[[str], str] = flag,
+        produced_in_run: Iterable[str] = (),
+    ) -> None:
+        """Every check that needs no Spark session, run by ``curate`` before it starts one: the
+        options fit together (:meth:`check`), every required path is given, and every local
+        input exists (a stage output: committed, and written by the stage the option expects).
+
+        ``name_of`` names an option in errors: its flag, its config key, or ``run.pool``;
+        ``produced_in_run``: inputs an earlier stage of the same ``curate run`` writes (not
+        there yet). Remote inputs (``s3://``, ``hdfs://``) are checked when the stage starts.
+        """
+        cls.check(config)
+        missing = [
+            name_of(f.name)
+            for f in dataclasses.fields(cls.options)
+            if f.metadata.get("required") and role(f) in (INPUT, OUTPUT)
+            if not getattr(config, f.name)
+        ]
+        if missing:
+            raise ValueError(f"{cls.name} needs {' and '.join(missing)}")
+        skip = set(produced_in_run)
+        for f in cls.fields(INPUT):
+            url = getattr(config, f.name)
+            if url and f.name not in skip and storage.is_local(url):
+                check_local_input(url, f, name_of(f.name))
 
     def validate(self) -> None:
         """Refuse options that cannot work, before any work (extend with ``super().validate()``)."""
@@ -259,6 +295,25 @@ class Stage:
         """Console lines of a result (stages override with their own)."""
         state = " (up to date, skipped)" if result.skipped else ""
         return f"{cls.name}: {result.output}{state}"
+
+
+def check_local_input(url: str, f: dataclasses.Field, option: str) -> None:
+    """``url`` (the value of input option ``f``, named ``option``) exists and, when the option
+    takes a stage's output, is that stage's committed output."""
+    fs, path = storage.url_to_fs(url)
+    found = fs.glob(path) if any(c in path for c in "*?[") else fs.exists(path)
+    if not found:
+        raise storage.StageInputError(f"{url}: no such file or directory (given as {option})")
+    producers = tuple(f.metadata.get("producers") or ())
+    if producers and not f.metadata.get("external"):
+        wanted = " or ".join(f"{stage_info(p).what} (output of {p})" for p in producers)
+        if _manifest_of(url) is None and not storage.exists(storage.join(url, storage.SUCCESS)):
+            raise storage.StageInputError(
+                f"{url}: is not the output of a stage (it has no {storage.MANIFEST}); {option} "
+                f"takes a {wanted}"
+            )
+        input_identity(url, producers, option)
+        storage.require_complete(url, " or ".join(stage_info(p).what for p in producers))
 
 
 # --- lineage ---------------------------------------------------------------------------------
