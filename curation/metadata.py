@@ -6,9 +6,12 @@ A metadata list is an ordered list of entry strings; an entry's id is its positi
 - MetaCLIP's ``metadata.json``: one JSON array of strings;
 - plain text: one entry per line (UTF-8, ``\\n`` separated; a trailing newline is allowed).
 
-Hygiene (``docs/matching.md``, "Metadata hygiene"): an empty entry, a whitespace-only
-entry or an all-punctuation entry is an error naming its line (1-based; for JSON, the array index + 1
-is reported as the "line" together with the index). Duplicate entries are an error, or with
+Hygiene (``docs/matching.md``, "Metadata hygiene"): an empty or whitespace-only entry is
+an error naming its line (1-based; for JSON, the array index + 1 is reported as the "line" together
+with the index). An all-punctuation entry (``-``, ``...``, ``!?``) is kept, so that the ids of a
+MetaCLIP-format list stay as they are, with a warning and a count (``punctuation_entries``): some
+match (``-`` matches ``" - "``), those made of the punctuation MetaCLIP's spacing splits off
+(``...``) never do and are counted as unmatchable too. Duplicate entries are an error, or with
 ``drop_duplicates=True`` the later copies are dropped (the first keeps its id) with a warning that
 names them. Dropping a duplicate shifts the ids of later entries, so the matched output always carries
 the list that was actually used (``metadata.json`` in the match stage's output).
@@ -80,7 +83,8 @@ class MetadataList:
     ``unmatchable`` lists ``(entry_id, entry)`` pairs that can never match under MetaCLIP's spacing
     (they contain ``, . ; : ? ! `` `` or a tab/newline), kept so that ids stay MetaCLIP-compatible.
     ``padded`` lists ``(line, entry as written)`` of entries with leading or trailing white space or
-    invisible characters; ``stripped`` says whether they were stripped.
+    invisible characters; ``stripped`` says whether they were stripped. ``punctuation`` lists
+    ``(line, entry)`` of the entries made only of punctuation (kept, see the module docstring).
     """
 
     entries: list[str]
@@ -89,6 +93,7 @@ class MetadataList:
     unmatchable: list[tuple[int, str]] = field(default_factory=list)
     padded: list[tuple[int, str]] = field(default_factory=list)
     stripped: bool = False
+    punctuation: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -105,6 +110,11 @@ class MetadataList:
             summary["padded_entries"] = len(self.padded)
             summary["padded_examples"] = [{"line": ln, "entry": e} for ln, e in self.padded[:20]]
             summary["padded_entries_stripped"] = self.stripped
+        if self.punctuation:  # likewise
+            summary["punctuation_entries"] = len(self.punctuation)
+            summary["punctuation_examples"] = [
+                {"line": ln, "entry": e} for ln, e in self.punctuation[:20]
+            ]
         return summary
 
 
@@ -132,6 +142,7 @@ def check_entries(
     dropped: list[tuple[int, str]] = []
     duplicates: list[str] = []
     padded: list[tuple[int, str]] = []
+    punctuation: list[tuple[int, str]] = []
     for index, entry in enumerate(entries):
         line = index + 1
         if not isinstance(entry, str):
@@ -149,10 +160,7 @@ def check_entries(
             padded.append((line, entry))
             entry = stripped if strip else entry
         if is_all_punctuation(entry):
-            raise MetadataError(
-                f"{source}: line {line}: entry {entry!r} is all punctuation; remove it "
-                "(punctuation is split off captions before matching, so it carries no keyword)"
-            )
+            punctuation.append((line, entry))
         if entry in first_line:
             if drop_duplicates:
                 dropped.append((line, entry))
@@ -170,6 +178,15 @@ def check_entries(
         )
     if padded:
         _warn_padded(source, padded, strip)
+    if punctuation:
+        log.warning(
+            "%s: %d entries are only punctuation, e.g. %s; kept so that ids stay as they are "
+            "(one such as '-' matches ' - ' in a caption; one holding , . ; : ? ! or ` never "
+            "matches)",
+            source,
+            len(punctuation),
+            ", ".join(f"line {ln} {e!r}" for ln, e in punctuation[:5]),
+        )
     if dropped:
         log.warning(
             "%s: dropped %d duplicate entries (first copy kept): %s",
@@ -190,7 +207,9 @@ def check_entries(
             len(unmatchable),
             ", ".join(repr(e) for _, e in unmatchable[:5]),
         )
-    return MetadataList(out, source, dropped, unmatchable, padded, strip and bool(padded))
+    return MetadataList(
+        out, source, dropped, unmatchable, padded, strip and bool(padded), punctuation
+    )
 
 
 def _warn_padded(source: str, padded: list[tuple[int, str]], stripped: bool) -> None:

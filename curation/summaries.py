@@ -174,6 +174,8 @@ class MatchSummary(Record):
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     matches_per_sample: dict[str, int] = field(default_factory=dict)
     total_matches: int | None = None
+    #: Usable captions holding U+FFFD (matched; ``--reject-replacement-char`` rejects them).
+    replacement_char_captions: int | None = optional()
     seconds: float | None = optional()
     #: ``match --attributes``: the attribute file and captions per group and per label.
     attributes: dict[str, Any] | None = optional()

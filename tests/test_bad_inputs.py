@@ -80,8 +80,21 @@ def test_a_100_kb_caption_is_rejected_as_too_long_and_kept_in_the_rejects(spark,
 def test_non_utf8_bytes_in_a_csv_are_counted_as_non_utf8(spark, tmp_path, meta):
     path = tmp_path / "pool.csv"
     path.write_bytes(b"url,caption\nu1,a cat\nu2,caf\xe9 dog\n")  # Latin-1 in a UTF-8 file
+    # The CSV reader turns the bad byte into U+FFFD: matched by default, and counted.
+    lenient = run_match(
+        spark, MatchConfig(input=str(path), output=str(tmp_path / "l"), metadata=meta)
+    )
+    assert sorted(r["url"] for r in rows_of(lenient.output, "pool")) == ["u1", "u2"]
+    assert lenient.summary["replacement_char_captions"] == 1
+    assert lenient.summary["rejects_by_reason"]["non_utf8"] == 0
     result = run_match(
-        spark, MatchConfig(input=str(path), output=str(tmp_path / "o"), metadata=meta)
+        spark,
+        MatchConfig(
+            input=str(path),
+            output=str(tmp_path / "o"),
+            metadata=meta,
+            reject_replacement_char=True,
+        ),
     )
     [reject] = rows_of(result.output, "rejects")
     assert (reject["url"], reject["reason"]) == ("u2", "non_utf8")

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from curation.matching import Matcher, naive_match
 from curation.metadata import MetadataError, check_entries, load_metadata
 
 
@@ -31,8 +32,6 @@ def test_text_without_trailing_newline_and_crlf(tmp_path):
     [
         ("cat\n\ndog\n", "line 2: empty entry"),
         ("cat\n   \n", "line 2: empty entry"),
-        ("cat\ndog\n...\n", "line 3: entry '...' is all punctuation"),
-        ("cat\n!?\n", "line 2: entry '!?' is all punctuation"),
         ("cat\ndog\ncat\n", "line 3 repeats line 1 ('cat')"),
         ('["cat", 3]', "line 2: entry 3 is a int, not a string"),
         ('["cat", null]', "line 2: entry None is a NoneType"),
@@ -48,6 +47,24 @@ def test_bad_metadata_names_file_and_line(tmp_path, content, message):
         load_metadata(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_all_punctuation_entries_are_kept_with_a_warning_and_a_count(tmp_path, caplog):
+    """MetaCLIP-format lists are used with their ids as they are: a punctuation entry keeps its
+    id. ``-`` matches a caption's " - "; ``...`` (split-off punctuation) never matches."""
+    path = write(tmp_path / "m.txt", "cat\n-\n...\ndog\n!?\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_metadata(path)
+    assert loaded.entries == ["cat", "-", "...", "dog", "!?"]
+    assert "3 entries are only punctuation" in caplog.text and "line 2 '-'" in caplog.text
+    summary = loaded.summary()
+    assert summary["punctuation_entries"] == 3
+    assert [e["entry"] for e in summary["punctuation_examples"]] == ["-", "...", "!?"]
+    assert summary["unmatchable_entries"] == 2  # '...' and '!?'
+    caption = "a cat - a dog... !?"
+    assert naive_match(caption, loaded.entries) == [0, 1, 3]
+    assert Matcher(loaded.entries).match(caption) == [0, 1, 3]
+    assert naive_match("a well-known dog", loaded.entries) == [3]  # '-' inside a word: no match
 
 
 def test_symbols_are_not_punctuation():

@@ -12,11 +12,13 @@ Output directory (committed atomically, see :mod:`curation.storage`)::
     summary.json    counts: input rows, matched, unmatched, rejects by reason, matches per sample
 
 A row is rejected, never silently dropped, when its caption is null (``null_caption``), not valid
-UTF-8 or holding U+FFFD, the mark of bytes already lost upstream (``non_utf8``; in JSONL also a lone
-surrogate escape such as ``"\\ud800"``), not a string in JSONL (a number, list, object or boolean:
+UTF-8 (``non_utf8``; in JSONL also a lone surrogate escape such as ``"\\ud800"``), not a string in JSONL (a number, list, object or boolean:
 ``caption_not_string``, JSONL pools only), empty or made only of white space and invisible format
 characters such as U+200B, U+2060 or the BOM U+FEFF (``empty_caption``), or longer than
-``max_caption_chars`` characters (``caption_too_long``).
+``max_caption_chars`` characters (``caption_too_long``). A caption holding U+FFFD, the mark of
+bytes already lost upstream (a CSV with Latin-1 bytes reads that way), is matched like any other,
+as MetaCLIP matches it: the rest of its text is readable. The summary counts such captions
+(``replacement_char_captions``); ``reject_replacement_char`` rejects them as ``non_utf8``.
 
 Duplicate uids: one row per uid is kept; every other copy is rejected as ``duplicate_uid`` (so
 later stages, the DataComp subset file and the shard keys see each uid once). The copy kept is the
@@ -182,6 +184,14 @@ class MatchConfig:
             "entries (without it such entries are kept as written, with a warning)"
         },
     )
+    reject_replacement_char: bool = field(
+        default=False,
+        metadata={
+            "help": "reject captions holding U+FFFD (bytes lost upstream) as non_utf8; without it "
+            "they are matched (the rest of the text is readable, as MetaCLIP matches it) and "
+            "counted as replacement_char_captions"
+        },
+    )
 
 
 def matcher_cache_dir() -> str:
@@ -268,20 +278,25 @@ def match_attributes(df: DataFrame, matcher_file: str) -> DataFrame:
     )
 
 
-def reject_reason(caption: Column, max_chars: int, reader_reason: Column | None = None) -> Column:
+def reject_reason(
+    caption: Column,
+    max_chars: int,
+    reader_reason: Column | None = None,
+    reject_replacement_char: bool = False,
+) -> Column:
     """The reason a caption cannot be matched, or null. Evaluated by Spark, in order;
-    ``reader_reason`` is the reader's own verdict on the row (JSONL, :data:`READER_REASON`)."""
+    ``reader_reason`` is the reader's own verdict on the row (JSONL, :data:`READER_REASON`);
+    ``reject_replacement_char``: a caption holding U+FFFD is ``non_utf8`` too."""
     raw = caption.cast("binary")
     text = caption.cast("string")
     reason = F.when(caption.isNull(), F.lit("null_caption"))
     if reader_reason is not None:
         reason = reason.when(reader_reason.isNotNull(), reader_reason)
-    return (
-        reason.when(~F.call_function("is_valid_utf8", raw), F.lit("non_utf8"))
-        .when(F.instr(text, "\ufffd") > 0, F.lit("non_utf8"))
-        .when(F.regexp_like(text, F.lit(EMPTY_CAPTION)), F.lit("empty_caption"))
-        .when(F.char_length(text) > max_chars, F.lit("caption_too_long"))
-    )
+    reason = reason.when(~F.call_function("is_valid_utf8", raw), F.lit("non_utf8"))
+    if reject_replacement_char:
+        reason = reason.when(F.instr(text, "\ufffd") > 0, F.lit("non_utf8"))
+    reason = reason.when(F.regexp_like(text, F.lit(EMPTY_CAPTION)), F.lit("empty_caption"))
+    return reason.when(F.char_length(text) > max_chars, F.lit("caption_too_long"))
 
 
 def derived_uid(url: Column, caption: Column) -> Column:
@@ -340,7 +355,9 @@ def split_duplicate_uids(usable: DataFrame) -> tuple[DataFrame, DataFrame | None
     return kept, ranked.filter(F.col("_copy") > 1).drop("_copy")
 
 
-def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
+def prepare(
+    df: DataFrame, has_uid: bool, max_chars: int, reject_replacement_char: bool = False
+) -> DataFrame:
     """Add ``uid`` (kept or derived), the reject ``reason`` and ``source_file`` columns."""
     uid = derived_uid(F.col("url"), F.col("caption"))
     if has_uid:
@@ -349,7 +366,9 @@ def prepare(df: DataFrame, has_uid: bool, max_chars: int) -> DataFrame:
     return df.withColumns(
         {
             "uid": uid,
-            "reason": reject_reason(F.col("caption"), max_chars, from_reader),
+            "reason": reject_reason(
+                F.col("caption"), max_chars, from_reader, reject_replacement_char
+            ),
             "source_file": F.input_file_name(),
         }
     ).drop(READER_REASON)
@@ -420,6 +439,9 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
         "languages": languages,
         "unmatchable_entries": sum(len(m.unmatchable) for m in lists.values()),
     }
+    punctuation = sum(len(m.punctuation) for m in lists.values())
+    if punctuation:
+        summary["punctuation_entries"] = punctuation
     padded = sum(len(m.padded) for m in lists.values())
     if padded:
         summary["padded_entries"] = padded
@@ -493,7 +515,9 @@ class MatchStage(Stage):
         )
         matcher_file = ship_matcher(spark, loaded.build, fingerprint)
         lang_col = config.lang_col if loaded.languages is not None else ""
-        prepared = prepare(df, roles.uid is not None, config.max_caption_chars)
+        prepared = prepare(
+            df, roles.uid is not None, config.max_caption_chars, config.reject_replacement_char
+        )
         kept, duplicates = split_duplicate_uids(prepared.filter(F.col("reason").isNull()))
         good = kept.drop("reason", "source_file")
         if config.partitions:
@@ -547,6 +571,13 @@ class MatchStage(Stage):
             f"{s['total_matches']:,} matches",
             f"  unmatched  {s['unmatched']:,}",
             f"  rejected   {s['rejected']:,} ({rejects})",
+        ]
+        if s.get("replacement_char_captions"):
+            lines.append(
+                f"  U+FFFD     {s['replacement_char_captions']:,} usable captions hold U+FFFD "
+                "(matched; --reject-replacement-char rejects them)"
+            )
+        lines += [
             f"  pool       {storage.join(result.output, 'pool')}",
             f"  rejects    {storage.join(result.output, 'rejects')}",
         ]
@@ -569,10 +600,13 @@ def summarize(
     """Counts read back from the committed Parquet (cheap: two narrow scans)."""
     pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
     rejects = spark.read.parquet(storage.spark_url(storage.join(directory, "rejects")))
-    per_k = {
-        int(r["k"]): int(r["n"])
-        for r in pool.groupBy(F.size("entry_ids").alias("k")).agg(F.count("*").alias("n")).collect()
-    }
+    replaced = F.instr(F.col("caption"), "\ufffd") > 0
+    rows = (
+        pool.groupBy(F.size("entry_ids").alias("k"))
+        .agg(F.count("*").alias("n"), F.count(F.when(replaced, 1)).alias("fffd"))
+        .collect()
+    )
+    per_k = {int(r["k"]): int(r["n"]) for r in rows}
     by_reason = {
         r["reason"]: int(r["n"])
         for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()
@@ -596,6 +630,7 @@ def summarize(
         rejects_by_reason={reason: by_reason.get(reason, 0) for reason in reasons},
         matches_per_sample={str(k): per_k[k] for k in sorted(per_k)},
         total_matches=sum(k * n for k, n in per_k.items()),
+        replacement_char_captions=sum(int(r["fffd"]) for r in rows),
     )
 
 

@@ -145,20 +145,37 @@ def test_rejects_are_counted_and_kept_never_dropped(spark, tmp_path, metadata):
         "http://x/space": "empty_caption",
         "http://x/long": "caption_too_long",
         "http://x/latin1": "non_utf8",
-        "http://x/fffd": "non_utf8",
     }
     assert rejects["http://x/latin1"]["caption"] == "caf\ufffd cat"  # readable copy, lossy
     assert all(r["source_file"].endswith("pool.parquet") for r in rejects.values())
-    assert [r["url"] for r in read(result.output)] == ["http://x/ok"]
+    # U+FFFD marks bytes lost upstream; the rest is readable: matched, as MetaCLIP does, and counted
+    matched = by_url(read(result.output))
+    assert sorted(matched) == ["http://x/fffd", "http://x/ok"]
+    assert matched["http://x/fffd"]["entry_ids"] == naive_match("caf\ufffd cat", ENTRIES)
     s = result.summary
-    assert s["input_rows"] == 7 and s["usable_rows"] == 1 and s["rejected"] == 6
+    assert s["input_rows"] == 7 and s["usable_rows"] == 2 and s["rejected"] == 5
+    assert s["replacement_char_captions"] == 1
     assert s["rejects_by_reason"] == {
         "null_caption": 1,
-        "non_utf8": 2,
+        "non_utf8": 1,
         "empty_caption": 2,
         "caption_too_long": 1,
         "duplicate_uid": 0,
     }
+    assert "1 usable captions hold U+FFFD" in result.report()
+    strict = run_match(
+        spark,
+        MatchConfig(
+            input=str(path),
+            output=str(tmp_path / "strict"),
+            metadata=metadata,
+            max_caption_chars=100,
+            reject_replacement_char=True,
+        ),
+    )
+    assert by_url(read(strict.output, "rejects"))["http://x/fffd"]["reason"] == "non_utf8"
+    assert strict.summary["rejects_by_reason"]["non_utf8"] == 2
+    assert strict.summary["replacement_char_captions"] == 0
 
 
 def test_missing_caption_column_names_the_file_and_columns(spark, tmp_path, metadata):
