@@ -395,6 +395,8 @@ class DownloadStats(Record):
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     failures_by_message: dict[str, int] = field(default_factory=dict)
     seconds: float | None = optional()
+    #: Reruns that retried the URLs that failed before (``--max-retries`` bounds them).
+    retry_rounds: int | None = optional()
 
 
 @dataclass

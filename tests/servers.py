@@ -72,7 +72,8 @@ class ImageServer:
 def _handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         """``/jpg/<i>``, ``/png/<i>``: images; ``/missing/<i>``: 404; ``/slow/<i>``: an image
-        after ``slow_seconds``; ``/corrupt/<i>``: 200 with bytes that are not an image."""
+        after ``slow_seconds``; ``/corrupt/<i>``: 200 with bytes that are not an image;
+        ``/flakyK/<i>``: 503 for the first K requests of the path, then an image."""
 
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass
@@ -102,6 +103,16 @@ def _handler(server_state: ImageServer) -> type[BaseHTTPRequestHandler]:
                 server_state.record(self.path, "slow")
                 time.sleep(server_state.slow_seconds)
                 self._send(200, make_image(i, "JPEG"), "image/jpeg")
+            elif kind.startswith("flaky"):  # /flakyK/<i>: 503 for the first K requests
+                failures = int(kind[len("flaky") :] or 1)
+                with server_state.lock:
+                    tried = sum(n for (p, _), n in server_state.served.items() if p == self.path)
+                if tried < failures:
+                    server_state.record(self.path, "503")
+                    self._send(503, b"try again later", "text/plain")
+                else:
+                    server_state.record(self.path, "ok")
+                    self._send(200, make_image(i, "JPEG"), "image/jpeg")
             elif kind == "corrupt":
                 server_state.record(self.path, "corrupt")
                 self._send(200, b"\xff\xd8\xff\xe0 this is not really a jpeg " * 8, "image/jpeg")

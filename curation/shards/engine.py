@@ -312,8 +312,11 @@ def selection_frame(spark: SparkSession, selected: str) -> DataFrame:
     return spark.createDataFrame(layout.read_selection(selected))
 
 
-def order_columns(shuffle: bool, seed: int) -> list:
-    """The sort key of :mod:`curation.shards.plan` as Spark columns."""
+def order_columns(shuffle: bool, seed: int, by_uid: bool = False) -> list:
+    """The sort key of :mod:`curation.shards.plan` as Spark columns (``by_uid``: (uid, j)
+    instead of input order when not shuffled)."""
+    if by_uid and not shuffle:
+        return [F.col("uid"), F.col("j")]
     if shuffle:
         digest = F.sha2(
             F.concat_ws("\x00", F.lit(str(seed)), F.col("uid"), F.col("j").cast("string")), 256
@@ -335,6 +338,9 @@ class ReshardOptions:
     seed: int
     uid_col: str
     s3: storage.S3Options
+    #: Order an unshuffled set by (uid, j) rather than by input order (``download``:
+    #: img2dataset's order inside a raw shard follows which download thread finished first).
+    by_uid: bool = False
 
 
 @dataclass
@@ -354,7 +360,9 @@ def reshard_into(
     """Scan ``sources``, plan against ``selection`` and write the shards into ``output``.
 
     ``output`` must already be prepared (:func:`curation.shards.layout.prepare_output`); this
-    writes the shards only, the caller commits.
+    writes the shards only, the caller commits. ``by_uid``: order an unshuffled set by (uid, j)
+    rather than by input order (``download``: img2dataset's order inside a raw shard follows
+    which download thread finished first).
     """
     sc = spark.sparkContext
     sc.setJobDescription(f"reshard: scan {len(sources)} input shard(s)")
@@ -428,7 +436,7 @@ def _plan(scanned: DataFrame, selection: DataFrame, options: ReshardOptions, lap
     expanded = joined.withColumn("j", F.explode(F.sequence(F.lit(0), F.col("repeats") - 1)))
     scanned.sparkSession.sparkContext.setJobDescription("reshard: plan")
     # the plan rows the writer takes (the sort keys src, seq, j have placed them already)
-    order = order_columns(options.shuffle, options.seed)
+    order = order_columns(options.shuffle, options.seed, options.by_uid)
     ordered = expanded.orderBy(*order).select(*PLAN_COLUMNS).persist()
     first_copy = F.col("j") == 0
     try:

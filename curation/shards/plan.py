@@ -6,7 +6,9 @@ decided by an *order key* that depends only on the sample, never on how the work
 - shuffled: ``shuffle_key(seed, uid, j)``, the first 16 hex digits of
   ``sha256(f"{seed}\\0{uid}\\0{j}")``, ties broken by (uid, j). Any tool can recompute it;
   :mod:`curation.shards.engine` computes the same value with Spark's ``sha2``;
-- not shuffled: (input shard index, position in that shard, j), i.e. input order.
+- not shuffled: (input shard index, position in that shard, j), i.e. input order; or, for
+  ``download`` (whose raw shards hold samples in the order img2dataset's threads finished),
+  (uid, j).
 
 Sorting by the order key gives every sample a rank; output shard ``rank // K`` holds it, at
 position ``rank % K``. Shard contents are therefore a pure function of (input shards, selection,

@@ -11,8 +11,17 @@
 3. The raw shards are resharded (:func:`curation.shards.engine.reshard_into`) into the final set:
    each selected sample is downloaded **once** and written ``repeats`` times as ``{uid}-{j}``,
    keys are the sanitised uids (img2dataset's numeric keys stay in the ``.json`` as
-   ``source.key``), shards hold exactly ``samples_per_shard`` samples, and the weights are
+   ``source.key``), samples are in uid order (unless shuffled), shards hold exactly ``samples_per_shard`` samples, and the weights are
    renormalised over the samples that arrived.
+
+Retries: a URL that failed (timeout, HTTP error, a server that was down) is not fetched again by
+img2dataset's resume. When a download fails (nothing arrived), a rerun of the same command retries
+the URLs that failed into ``DIR/_work/retry-NN/`` (one round per rerun, at most ``max_retries``
+rounds; the last attempt of a URL counts), and the error says how many retries are left.
+``max_retries`` is not in the manifest, so raising it does not start over; ``--force`` does.
+
+Order: without ``shuffle`` the shard set is ordered by (uid, repeat index), not by img2dataset's
+order, which follows the download threads' completion; so the same downloads give the same shards.
 
 ``_stats.json`` has img2dataset's successes and failures by reason; ``_rejects.parquet`` lists each
 selected sample that is not in the output with its reason (``http_404``, ``timeout``,
@@ -52,6 +61,11 @@ log = logging.getLogger(__name__)
 
 SAVED_COLUMNS = ["uid", "weight", "inclusion_prob", "entry_ids", "repeats"]
 RESHARD_OPTIONS = ("samples_per_shard", "shuffle", "seed", "keep_raw")
+#: Options that change no byte of the output (how often a rerun retries failed URLs).
+UNRECORDED_OPTIONS = ("max_retries",)
+#: ``_work/retry-NN/``: the img2dataset output of the NN-th rerun's retry of the failed URLs.
+RETRY_DIR = "retry-{:02d}"
+STATUS_COLUMNS = ("uid", "url", "status", "error_message")
 
 
 @dataclass
@@ -111,6 +125,14 @@ class _DownloadOptions:
     )
     max_shard_retry: int = field(
         default=1, metadata={"min": 0, "help": "times img2dataset retries a failed download shard"}
+    )
+    max_retries: int = field(
+        default=3,
+        metadata={
+            "min": 0,
+            "help": "a rerun of a download that failed retries the URLs that failed, up to this "
+            "many reruns (0: never; not part of the manifest, so raising it keeps what arrived)",
+        },
     )
     user_agent_token: str = field(
         default="", metadata={"help": "token added to the User-Agent (img2dataset's)"}
@@ -240,12 +262,37 @@ def read_raw_status(raw: str) -> pa.Table:
     tables = []
     for p in sorted(fs.glob(f"{path}/*.parquet")):
         with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=["uid", "url", "status", "error_message"]))
-    if not tables:
-        return pa.table(
-            {c: pa.array([], pa.string()) for c in ("uid", "url", "status", "error_message")}
-        )
-    return pa.concat_tables(tables)
+            table = pq.read_table(f, columns=list(STATUS_COLUMNS))
+        tables.append(table.cast(pa.schema([(c, pa.string()) for c in STATUS_COLUMNS])))
+    return pa.concat_tables(tables) if tables else _no_status()
+
+
+def _no_status() -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in STATUS_COLUMNS})
+
+
+def latest_status(folders: list[str]) -> pa.Table:
+    """The status of every URL tried, the last attempt winning: ``folders`` are the raw
+    download then the retry rounds, in order."""
+    tables = [read_raw_status(f) for f in folders]
+    latest: dict[str, int] = {}
+    rows = pa.concat_tables(tables) if tables else _no_status()
+    for i, uid in enumerate(rows.column("uid").to_pylist()):
+        latest[uid] = i
+    return rows.take(pa.array(sorted(latest.values()), pa.int64())).sort_by("uid")
+
+
+def raw_tars(folder: str) -> list[str]:
+    """The raw shards img2dataset wrote into ``folder``, in name order."""
+    fs, path = storage.url_to_fs(folder)
+    return [layout.with_protocol(folder, p) for p in sorted(fs.glob(f"{path}/*.tar"))]
+
+
+def missing_shards(folder: str, n_urls: int, shard_size: int) -> list[str]:
+    """The img2dataset shards of ``folder`` that did not finish (no ``_stats.json``)."""
+    fs, path = storage.url_to_fs(folder)
+    done = {p.rsplit("/", 1)[-1].split("_")[0] for p in fs.glob(f"{path}/*_stats.json")}
+    return [f"{i:05d}" for i in range(math.ceil(n_urls / shard_size)) if f"{i:05d}" not in done]
 
 
 def download_stats(raw: str, status: pa.Table, n_urls: int, no_url: int) -> dict[str, Any]:
@@ -284,6 +331,12 @@ class DownloadStage(ShardSetStage):
         if self.config.download_shard_size < 1:
             raise ValueError("download: samples_per_shard and download_shard_size must be >= 1")
 
+    def option_values(self) -> dict[str, Any]:
+        values = super().option_values()
+        for name in UNRECORDED_OPTIONS:
+            values.pop(name, None)
+        return values
+
     def write(self, manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any], bool]:
         config = self.config
         raw = self._prepare(manifest)
@@ -296,10 +349,11 @@ class DownloadStage(ShardSetStage):
         )
         no_url = selection.filter(pc.invert(has_url))
         to_fetch = selection.filter(has_url).sort_by("uid")
-        sources = self._fetch(to_fetch, raw)
-        status = read_raw_status(raw)
+        folders = self._fetch(to_fetch, raw)
+        status = latest_status(folders)
         dstats = download_stats(raw, status, selection.num_rows, no_url.num_rows)
         dstats["seconds"] = self.seconds()
+        dstats["retry_rounds"] = len(folders) - 1
         log.info(
             "download: %d of %d urls downloaded; failures %s",
             dstats["successes"],
@@ -309,10 +363,12 @@ class DownloadStage(ShardSetStage):
         if dstats["successes"] == 0:
             raise storage.StageInputError(
                 f"download: none of the {selection.num_rows:,} selected URLs could be downloaded "
-                f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error"
+                f"({dstats['failures_by_reason']}); see {raw}/*.parquet for each error. "
+                + self._retry_hint(len(folders) - 1)
             )
+        sources = [tar for folder in folders for tar in raw_tars(folder)]
         options = ReshardOptions(
-            config.samples_per_shard, config.shuffle, config.seed, "uid", self.s3
+            config.samples_per_shard, config.shuffle, config.seed, "uid", self.s3, by_uid=True
         )
         selected = self.spark.createDataFrame(selection)
         outcome = reshard_into(self.spark, sources, selected, config.output, options)
@@ -343,32 +399,79 @@ class DownloadStage(ShardSetStage):
             storage.write_json(raw_manifest_url, raw_manifest)
         return storage.join(work, "raw")
 
-    def _fetch(self, to_fetch: pa.Table, raw: str) -> list[str]:
-        """Run img2dataset on the URLs not fetched yet; returns the raw shards."""
+    def _retry_hint(self, rounds: int) -> str:
+        """What a rerun does about the URLs that failed (for the error of a failed download)."""
+        limit = self.config.max_retries
+        if rounds < limit:
+            return (
+                f"Rerun the same command to retry the URLs that failed ({limit - rounds} of "
+                f"--max-retries {limit} retries left); --force starts over"
+            )
+        return (
+            f"The failed URLs were retried {rounds} time(s) (--max-retries {limit}): fix the "
+            "cause, then rerun with a higher --max-retries, or with --force to start over"
+        )
+
+    def _run_img2dataset(self, urls: pa.Table | None, urls_file: str, folder: str) -> None:
+        """Download ``urls`` (kept in ``urls_file``; None: read them from it) into ``folder``
+        (img2dataset's incremental mode: a shard that has its ``_stats.json`` is not fetched
+        again); a shard that failed is an error."""
         config = self.config
-        urls = storage.join(config.output, layout.WORK, "urls.parquet")
-        fs, urls_path = storage.url_to_fs(urls)
+        fs, urls_path = storage.url_to_fs(urls_file)
         if not fs.exists(urls_path):
             with atomic_open(fs, urls_path) as f:
-                pq.write_table(to_fetch, f)
+                pq.write_table(urls, f)
+        if urls is None:
+            with fs.open(urls_path, "rb") as f:
+                urls = pq.read_table(f)
         processes = self.spark.sparkContext.defaultParallelism
         env = {"NO_ALBUMENTATIONS_UPDATE": "1", **self.s3.worker_environment()}
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        if to_fetch.num_rows:
+        if urls.num_rows:
             import img2dataset
 
             with use_session_for_img2dataset(self.spark, env):
-                img2dataset.download(**img2dataset_arguments(config, urls, raw, processes))
-        expected = math.ceil(to_fetch.num_rows / config.download_shard_size)
-        raw_fs, raw_path = storage.url_to_fs(raw)
-        done = {p.rsplit("/", 1)[-1].split("_")[0] for p in raw_fs.glob(f"{raw_path}/*_stats.json")}
-        missing = [f"{i:05d}" for i in range(expected) if f"{i:05d}" not in done]
+                img2dataset.download(**img2dataset_arguments(config, urls_file, folder, processes))
+        missing = missing_shards(folder, urls.num_rows, config.download_shard_size)
         if missing:
+            expected = math.ceil(urls.num_rows / config.download_shard_size)
             raise RuntimeError(
                 f"download: {len(missing)} of {expected} download shard(s) failed "
                 f"(first: {missing[0]}); rerun the same command to retry only those"
             )
-        return [layout.with_protocol(raw, p) for p in sorted(raw_fs.glob(f"{raw_path}/*.tar"))]
+
+    def _fetch(self, to_fetch: pa.Table, raw: str) -> list[str]:
+        """Run img2dataset on the URLs not fetched yet, then, on a rerun, retry the URLs that
+        failed before (one round per rerun, up to ``max_retries`` rounds); returns the folders
+        holding raw shards: ``raw`` then the retry rounds."""
+        work = storage.join(self.config.output, layout.WORK)
+        fs, work_path = storage.url_to_fs(work)
+        suffix = ".urls.parquet"
+        rounds = sorted(
+            p.rsplit("/", 1)[-1].removesuffix(suffix)
+            for p in fs.glob(f"{work_path}/retry-*{suffix}")
+        )
+        folders = [raw] + [storage.join(work, name) for name in rounds]
+        rerun = bool(fs.glob(f"{storage.url_to_fs(raw)[1]}/*_stats.json"))
+        self._run_img2dataset(to_fetch, storage.join(work, "urls.parquet"), raw)
+        for folder in folders[1:]:  # an unfinished round of a killed run is finished first
+            self._run_img2dataset(None, folder + suffix, folder)
+        if not rerun or len(rounds) >= self.config.max_retries:
+            return folders
+        status = latest_status(folders)
+        failed = status.filter(pc.not_equal(status.column("status"), "success"))
+        if failed.num_rows == 0:
+            return folders
+        retry = to_fetch.filter(pc.is_in(to_fetch.column("uid"), failed.column("uid")))
+        folder = storage.join(work, RETRY_DIR.format(len(rounds) + 1))
+        log.info(
+            "download: retrying %d URLs that failed before (rerun %d of --max-retries %d)",
+            retry.num_rows,
+            len(rounds) + 1,
+            self.config.max_retries,
+        )
+        self._run_img2dataset(retry, folder + suffix, folder)
+        return [*folders, folder]
 
 
 def _write_download_rejects(output: str, status: pa.Table, no_url: pa.Table) -> int:

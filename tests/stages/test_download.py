@@ -12,6 +12,7 @@ from pyspark import SparkContext
 
 from curation.shards.verify import verify_shard_set
 from curation.stages.download import DownloadConfig, failure_reason, run_download
+from curation.storage import StageInputError
 from tests.servers import image_server, selection_row, write_selected  # noqa: F401
 
 
@@ -114,3 +115,83 @@ def test_download_counts_match_what_was_served(spark, tmp_path, image_server):  
     assert not regrouped.skipped and regrouped.stats["written_samples"] == expected_samples
     assert max(json.loads((out / "sizes.json").read_text()).values()) == 3
     assert not (out / "_work").exists()
+
+
+def _failing_download(tmp_path, rows, **options) -> DownloadConfig:
+    selected = write_selected(tmp_path / "selected", rows)
+    return DownloadConfig(
+        input=selected,
+        output=str(tmp_path / "set"),
+        samples_per_shard=4,
+        image_size=32,
+        timeout=2,
+        download_shard_size=5,
+        thread_count=2,
+        **options,
+    )
+
+
+def test_a_rerun_after_a_failed_download_retries_the_failed_urls(
+    spark,
+    tmp_path,
+    image_server,  # noqa: F811
+):
+    rows = [
+        selection_row(0, image_server.url("/flaky1/0")),
+        selection_row(1, image_server.url("/flaky2/1")),
+    ]
+    config = _failing_download(tmp_path, rows, max_retries=2)
+    with pytest.raises(StageInputError) as err:
+        run_download(spark, config)
+    assert "none of the 2 selected URLs could be downloaded" in str(err.value)
+    assert "Rerun the same command to retry the URLs that failed (2 of --max-retries 2" in str(
+        err.value
+    )
+    # The rerun retries both: /flaky1/0 answers now, /flaky2/1 fails once more.
+    result = run_download(spark, config)
+    assert result.stats["download"]["successes"] == 1
+    assert result.stats["download"]["retry_rounds"] == 1
+    assert result.stats["download"]["failures_by_reason"] == {"http_503": 1}
+    assert sum(result.sizes.values()) == 1
+    rejects = pq.read_table(tmp_path / "set" / "_rejects.parquet").to_pylist()
+    assert [(r["uid"], r["reason"]) for r in rejects] == [(rows[1]["uid"], "http_503")]
+    served = {p: n for (p, status), n in image_server.served.items() if p.endswith(("/0", "/1"))}
+    assert served.get("/flaky1/0") == 2 and served.get("/flaky2/1") == 2
+
+
+def test_retries_stop_at_max_retries_and_the_error_says_so(
+    spark,
+    tmp_path,
+    image_server,  # noqa: F811
+):
+    rows = [selection_row(0, image_server.url("/missing/900"))]
+    config = _failing_download(tmp_path, rows, max_retries=1)
+    messages = []
+    for _ in range(3):
+        with pytest.raises(StageInputError) as err:
+            run_download(spark, config)
+        messages.append(str(err.value))
+    assert "(1 of --max-retries 1 retries left)" in messages[0]
+    for message in messages[1:]:
+        assert "The failed URLs were retried 1 time(s) (--max-retries 1)" in message
+        assert "--force to start over" in message
+    # first run + one retry; the third run fetched nothing
+    assert image_server.served[("/missing/900", "404")] == 2
+
+
+def test_an_unshuffled_download_is_in_uid_order(spark, tmp_path, image_server):  # noqa: F811
+    import webdataset as wds
+
+    rows = [
+        selection_row(i, image_server.url(f"/jpg/{i}"), repeats=1 + (i % 3 == 0)) for i in range(12)
+    ]
+    config = _failing_download(tmp_path, rows, thread_count=8)
+    result = run_download(spark, config)
+    keys = []
+    for name in result.sizes:
+        keys += [
+            s["json"]["uid"]
+            for s in wds.WebDataset(str(tmp_path / "set" / name), shardshuffle=False).decode()
+        ]
+    expected = sorted(r["uid"] for r in rows for _ in range(r["repeats"]))
+    assert keys == expected
