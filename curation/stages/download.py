@@ -394,7 +394,10 @@ class DownloadStage(ShardSetStage):
             and storage.exists(raw_manifest_url)
             and storage.read_json(raw_manifest_url) == json.loads(json.dumps(raw_manifest))
         )
-        layout.prepare_output(self.config.output, manifest, self.force, keep_work=reuse_raw)
+        # Only a rerun of this very download (same manifest, not committed: it failed or was
+        # killed) retries the URLs that failed; reusing the raw downloads to reshard does not.
+        state = layout.prepare_output(self.config.output, manifest, self.force, reuse_raw)
+        self.resumed = state == "resume"
         if not reuse_raw:
             storage.write_json(raw_manifest_url, raw_manifest)
         return storage.join(work, "raw")
@@ -452,7 +455,7 @@ class DownloadStage(ShardSetStage):
             for p in fs.glob(f"{work_path}/retry-*{suffix}")
         )
         folders = [raw] + [storage.join(work, name) for name in rounds]
-        rerun = bool(fs.glob(f"{storage.url_to_fs(raw)[1]}/*_stats.json"))
+        rerun = self.resumed and bool(fs.glob(f"{storage.url_to_fs(raw)[1]}/*_stats.json"))
         self._run_img2dataset(to_fetch, storage.join(work, "urls.parquet"), raw)
         for folder in folders[1:]:  # an unfinished round of a killed run is finished first
             self._run_img2dataset(None, folder + suffix, folder)
@@ -462,7 +465,9 @@ class DownloadStage(ShardSetStage):
         failed = status.filter(pc.not_equal(status.column("status"), "success"))
         if failed.num_rows == 0:
             return folders
-        retry = to_fetch.filter(pc.is_in(to_fetch.column("uid"), failed.column("uid")))
+        retry = to_fetch.filter(
+            pc.is_in(to_fetch.column("uid"), value_set=failed.column("uid").combine_chunks())
+        )
         folder = storage.join(work, RETRY_DIR.format(len(rounds) + 1))
         log.info(
             "download: retrying %d URLs that failed before (rerun %d of --max-retries %d)",

@@ -125,11 +125,19 @@ class PlannedStage:
             return f"run.pool (or {section}.{key}) in {self.source}"
         return f"{section}.{key} in {self.source}"
 
+    def check(self) -> None:
+        """The stage's options fit together (:meth:`Stage.check`)."""
+        self._named(self.cls.check, self.config)
+
     def preflight(self, produced_in_run: set[str]) -> None:
         """The stage's checks that need no Spark (:meth:`Stage.preflight`), naming config keys."""
         skip = {k for k, feed in self.derived.items() if feed in produced_in_run or feed == "@run"}
+        self._named(self.cls.preflight, self.config, self.name_of, skip)
+
+    def _named(self, check: Callable[..., None], *args: Any) -> None:
+        """Run ``check``; its error is prefixed with the config file and section."""
         try:
-            self.cls.preflight(self.config, self.name_of, skip)
+            check(*args)
         except (ValueError, OSError) as exc:
             text = str(exc)
             if self.source in text or text.startswith("--set"):
@@ -249,21 +257,21 @@ def plan_run(
     known = {"run", "spark", *SECTIONS.values()}
     unknown = sorted(set(data) - known)
     if unknown:
-        if unknown[0] in origins:
-            where = next(iter(origins[unknown[0]].values()))
-        else:
-            line = key_line(source, unknown[0])
-            where = f"{source}{f' (line {line})' if line else ''}"
+        line = key_line(source, unknown[0]) if unknown[0] not in origins else None
+        where = next(iter(origins[unknown[0]].values())) if unknown[0] in origins else source
         raise ConfigError(
-            f"{where}: unknown section {unknown[0]!r}; sections are {', '.join(sorted(known))}"
+            f"{where}: unknown section {unknown[0]!r}{f' (line {line})' if line else ''}; "
+            f"sections are {', '.join(sorted(known))}"
         )
     planned: dict[str, PlannedStage] = {}
     for stage in plan_stages(run, data):
         section_origins = origins.get(SECTIONS[stage])
         cls = load_stage(stage)
         planned[stage] = stage_config(stage, cls, data, run, dict(planned), source, section_origins)
-    for stage, plan in planned.items():
-        plan.preflight(set(list(planned)[: list(planned).index(stage)]))
+    for plan in planned.values():  # every stage's options first, then paths and inputs
+        plan.check()
+    for number, plan in enumerate(planned.values()):
+        plan.preflight(set(list(planned)[:number]))
     return planned
 
 
