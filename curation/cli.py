@@ -183,7 +183,13 @@ def _inspect(argv: Sequence[str]) -> _Printed:
 
 def _spark_config(file_data: dict[str, Any], source: str, args: argparse.Namespace) -> SparkConfig:
     config = build_config(
-        SparkConfig, "spark", argparse.Namespace(), file_data, source, flags=False
+        SparkConfig,
+        "spark",
+        argparse.Namespace(),
+        file_data,
+        source,
+        flags=False,
+        origins=override_origins(args.overrides),
     )
     if args.master:
         config.master = args.master
