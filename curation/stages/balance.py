@@ -545,8 +545,8 @@ class BalanceStage(Stage):
 
     def compute_m4(self, tmp: str) -> dict:
         """M4 (:mod:`curation.balancing.m4_run`): the usual outputs plus ``bias.json``."""
-        from curation.balancing.m4 import bias_report
         from curation.balancing import m4_run as m4
+        from curation.balancing.m4 import bias_report
 
         config, entries = self.config, self.entries
         spec = m4.m4_spec(config)
