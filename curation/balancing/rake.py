@@ -233,20 +233,25 @@ def _keep_cap(
 ) -> float | None:
     """t_keep, the cap below which entries keep all their samples (MetaCLIP's kept set): the
     given t, or MetaCLIP's cap at N; None for the ``l1`` objective, explicit targets or
-    uncapped raking (nothing is fixed then)."""
+    uncapped raking (nothing is fixed then).
+
+    MetaCLIP's cap at N is computed whenever N sets the cap, for either objective: it also
+    refuses the sizes no cap reaches (N above the eligible samples, or nothing matched), which
+    with sampling with replacement means the cap must be given."""
+    t_mc = None
+    if t is None and entry_targets is None and target_size is not None and capped:
+        t_mc = cap_for_size_on(
+            work,
+            target_size,
+            caps.counts,
+            keep_unmatched=caps.keep_unmatched,
+            unmatched_cap=caps.unmatched_cap,
+        )
     if objective != "tail" or not capped or entry_targets is not None:
         return None
     if t is not None:
         return float(t)
-    if with_replacement or target_size is None:
-        return None
-    return cap_for_size_on(
-        work,
-        target_size,
-        caps.counts,
-        keep_unmatched=caps.keep_unmatched,
-        unmatched_cap=caps.unmatched_cap,
-    )
+    return None if with_replacement else t_mc
 
 
 def _warm_solver(
