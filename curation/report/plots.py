@@ -74,7 +74,10 @@ def plot_matches_histogram(per_k: dict[int, int]) -> Plot:
     ax.bar(ks, [per_k[k] for k in ks], color=colors, width=0.8)
     _style(ax, "Matches per sample", "entries matched in the caption (k)", "samples")
     ax.yaxis.set_major_formatter(_thousands())
-    ax.set_xticks(ks if len(ks) <= 25 else ks[:: max(1, len(ks) // 20)])
+    from matplotlib.ticker import MaxNLocator
+
+    # integer ticks the axis has room for: at large k a tick per bar (or per n-th bar) overlapped
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
     return _render(
         fig,
         "Bar chart: number of samples by number of matched entries",
@@ -210,30 +213,41 @@ def plot_pi_histogram(hist: dict[str, Any]) -> Plot | None:
 
 
 def plot_convergence(history: list[dict[str, Any]]) -> Plot | None:
-    """Max relative error and L1 error per solver iteration (log y)."""
+    """The solver's KKT error (the stopping test; max relative error for solvers without one)
+    and L1 error per pass over the table, or per iteration when passes are not recorded (log y)."""
     if not history:
         return None
-    it = [h.get("iter") for h in history]
+    passes = [h.get("passes") for h in history]
+    # per pass when every point has one and they rise (rake with margins restarts the count)
+    by_pass = all(p is not None for p in passes) and all(a <= b for a, b in zip(passes, passes[1:]))
+    xs = [h.get("passes") if by_pass else h.get("iter") for h in history]
+    main = "kkt_err" if any(h.get("kkt_err") is not None for h in history) else "max_rel_err"
     fig, ax = _figure(7.2, 3.2)
     drawn = False
     for key, label, color in (
-        ("max_rel_err", "max relative entry error", TARGET_COLOR),
+        (main, "KKT error" if main == "kkt_err" else "max relative entry error", TARGET_COLOR),
         ("l1", "L1 error to the target", AFTER_COLOR),
     ):
-        x, y = _positive([i + 1 for i in it], [h.get(key) for h in history])
+        x, y = _positive([(x or 0) + 1 for x in xs], [h.get(key) for h in history])
         if x.size:
             ax.plot(x - 1, y, label=label, color=color, lw=1.6)
             drawn = True
     if not drawn:
         return None
     ax.set_yscale("log")
-    _style(ax, "Solver convergence", "iteration", "error (log scale)")
+    unit = "pass over the table" if by_pass else "iteration"
+    _style(ax, "Solver convergence", unit, "error (log scale)")
     ax.legend(frameon=False)
     return _render(
         fig,
-        "Solver convergence: max relative error and L1 error per iteration (log scale)",
-        "Max relative error over entries and L1 error to the target, per iteration.",
+        f"Solver convergence: {label_of(main)} and L1 error per {unit} (log scale)",
+        f"{label_of(main).capitalize()} and L1 error to the target, per {unit} (rake: of the "
+        "final solve at the chosen cap; the cap search's rough solves are not drawn).",
     )
+
+
+def label_of(key: str) -> str:
+    return "KKT error" if key == "kkt_err" else "max relative error"
 
 
 def plot_tail_entropy(points: list[tuple[str, dict[str, Any], bool]]) -> Plot | None:

@@ -342,3 +342,19 @@ def test_page_renders_in_headless_chromium(run_dir, summary, tmp_path):
         coloured = sum(n for n, (r, g, b) in (pixels or []) if max(r, g, b) - min(r, g, b) > 60)
         assert colours > 20, f"image at {(x, y)} rendered as a flat region"
         assert pixels is None or coloured > 100, f"image at {(x, y)} has no plotted colour"
+
+
+def test_convergence_plot_shows_the_kkt_error_per_pass():
+    from curation.report.plots import plot_convergence
+
+    rake_history = [
+        {"iter": i, "passes": 2 * i + 1, "kkt_err": 0.5 / (i + 1) ** 2, "l1": 0.1, "max_rel_err": 1}
+        for i in range(40)
+    ]
+    plot = plot_convergence(rake_history)
+    assert plot.alt.startswith("Solver convergence: KKT error and L1 error per pass over the table")
+    # with margins the pass count restarts: drawn per iteration instead
+    restarted = rake_history + [dict(h, iter=h["iter"] + 40) for h in rake_history]
+    assert "per iteration" in plot_convergence(restarted).alt
+    balance_history = [{"iter": i, "max_rel_err": 1 / (i + 1), "l1": 0.1} for i in range(5)]
+    assert "max relative error" in plot_convergence(balance_history).alt
