@@ -178,6 +178,24 @@ def check_entries(
         )
     if padded:
         _warn_padded(source, padded, strip)
+    unmatchable = [
+        (j, e)
+        for j, e in enumerate(out)
+        if any(ch in WRAPPED_PUNCTUATION or ch in SPACED_CONTROLS for ch in e)
+    ]
+    _log_kept_and_dropped(source, punctuation, dropped, unmatchable)
+    return MetadataList(
+        out, source, dropped, unmatchable, padded, strip and bool(padded), punctuation
+    )
+
+
+def _log_kept_and_dropped(
+    source: str,
+    punctuation: list[tuple[int, str]],
+    dropped: list[tuple[int, str]],
+    unmatchable: list[tuple[int, str]],
+) -> None:
+    """Say which entries were kept although they are odd, and which duplicates were dropped."""
     if punctuation:
         log.warning(
             "%s: %d entries are only punctuation, e.g. %s; kept so that ids stay as they are "
@@ -194,11 +212,6 @@ def check_entries(
             len(dropped),
             ", ".join(f"line {ln} {e!r}" for ln, e in dropped[:20]),
         )
-    unmatchable = [
-        (j, e)
-        for j, e in enumerate(out)
-        if any(ch in WRAPPED_PUNCTUATION or ch in SPACED_CONTROLS for ch in e)
-    ]
     if unmatchable:
         log.info(
             "%s: %d entries contain punctuation that MetaCLIP's spacing splits off captions and "
@@ -207,9 +220,6 @@ def check_entries(
             len(unmatchable),
             ", ".join(repr(e) for _, e in unmatchable[:5]),
         )
-    return MetadataList(
-        out, source, dropped, unmatchable, padded, strip and bool(padded), punctuation
-    )
 
 
 def _warn_padded(source: str, padded: list[tuple[int, str]], stripped: bool) -> None:

@@ -447,6 +447,102 @@ def _entropy(out: dict[str, Any]) -> float:
     return float(math.log(S) - out["qlogq"] / S) if S > 0 else float("nan")
 
 
+def _target_shares(spec: AttributeSpec, layout: MomentLayout, feat: np.ndarray) -> list:
+    """π_k per attribute: parity (the groups' mean share in the pool) or the given shares,
+    kept inside (0, 1)."""
+    shares = []
+    for a, attr in enumerate(spec.attributes):
+        if attr.target == "parity":
+            s = _shares(feat, layout, a)
+            share = np.full(len(attr.groups), float(np.nanmean(s)) if s.size else 0.5)
+        else:
+            share = np.asarray(attr.target, dtype=np.float64)
+        shares.append(np.nan_to_num(np.clip(share, 1e-6, 1 - 1e-6), nan=0.5))
+    return shares
+
+
+def _infeasible(
+    spec: AttributeSpec,
+    what: list,
+    values: np.ndarray,
+    lam: np.ndarray,
+    bound: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The constraints held at the multiplier bound with a positive violation, and the
+    attributes kept within ε only by dropping all their captions."""
+    infeasible = [
+        {**vars(c), "value": float(v), "multiplier": float(lv)}
+        for c, v, lv in zip(what, values, lam, strict=True)
+        if lv >= bound * (1 - 1e-9) and v > 1e-9
+    ]
+    for attr in spec.attributes:
+        if after[attr.name]["mass"] <= 1e-9 * before[attr.name]["mass"]:
+            # the linear constraints hold trivially with the attribute gone (P = 0)
+            infeasible.append(
+                {
+                    "attribute": attr.name,
+                    "kind": "presence",
+                    "note": "the constraints hold only with every caption of the attribute "
+                    "dropped (no q keeps it within epsilon)",
+                }
+            )
+    return infeasible
+
+
+def _entropy_facts(pool: dict[str, Any], out: dict[str, Any], n_eligible: float) -> dict:
+    return {
+        "before": _entropy(pool),
+        "after": _entropy(out),
+        "uniform": math.log(n_eligible),
+        "kish_ess": float(out["size"] ** 2 / out["sq"]) if out["sq"] > 0 else 0.0,
+    }
+
+
+def _linearised_rounds(
+    op: MemoryMomentOperator,
+    spec: AttributeSpec,
+    layout: MomentLayout,
+    labels: Any,
+    shares: list,
+    sizes: tuple[float, float],
+    solver: tuple[float, float, int],
+    history: list[dict[str, Any]],
+    callback: Callable[[int], None] | None,
+) -> tuple:
+    """Solve the dual with the association moments linearised at the group shares ``shares``,
+    re-linearise at the achieved shares, and repeat until every RB and AB is within ε (or
+    :data:`MAX_ROUNDS`). Returns (rounds, T, constraints, λ, ν, the final pass, bias after, ok)."""
+    target_size, n_eligible = sizes
+    bound, tol, max_passes = solver
+    x = None
+    for rounds in range(1, MAX_ROUNDS + 1):
+        T, what = build_constraints(spec, layout, labels, shares)
+        x0 = np.zeros(1 + len(what))
+        x0[0] = 1.0 - target_size / n_eligible  # q = N/n everywhere (u = 1)
+        if x is not None and x.size == x0.size:
+            x0 = x
+        x = solve_dual(op, T, target_size, x0, bound, tol, max_passes, history)
+        lam, nu = x[1:], float(x[0])
+        out = op.run(T.T @ lam, nu)
+        after = bias_from_sums(spec, layout, out["feat"], labels)
+        ok = all(
+            after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
+            and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
+            for a in spec.attributes
+        )
+        if ok or rounds == MAX_ROUNDS:
+            break
+        shares = [
+            np.clip(np.nan_to_num(_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
+            for a in range(len(spec.attributes))
+        ]
+        if callback is not None:
+            callback(op.passes)
+    return rounds, T, what, lam, nu, out, after, ok
+
+
 def m4_solve(
     op: MemoryMomentOperator,
     spec: AttributeSpec,
@@ -475,56 +571,20 @@ def m4_solve(
     labels = constrained_labels(spec, layout, pool["feat"])
     before = bias_from_sums(spec, layout, pool["feat"], labels)
     at_utility = op.run(np.zeros(layout.size), 0.0) if base_bias else None  # q = clip(u, 0, 1)
-    shares = []
-    for a, attr in enumerate(spec.attributes):
-        s = _shares(pool["feat"], layout, a)
-        if attr.target == "parity":
-            shares.append(np.full(len(attr.groups), float(np.nanmean(s)) if s.size else 0.5))
-        else:
-            shares.append(np.asarray(attr.target, dtype=np.float64))
-        shares[-1] = np.nan_to_num(np.clip(shares[-1], 1e-6, 1 - 1e-6), nan=0.5)
     history: list[dict[str, Any]] = []
-    x = None
-    for rounds in range(1, MAX_ROUNDS + 1):
-        T, what = build_constraints(spec, layout, labels, shares)
-        x0 = np.zeros(1 + len(what))
-        x0[0] = 1.0 - target_size / n_eligible  # q = N/n everywhere (u = 1)
-        if x is not None and x.size == x0.size:
-            x0 = x
-        x = solve_dual(op, T, target_size, x0, bound, tol, max_passes, history)
-        lam, nu = x[1:], float(x[0])
-        out = op.run(T.T @ lam, nu)
-        after = bias_from_sums(spec, layout, out["feat"], labels)
-        ok = all(
-            after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
-            and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
-            for a in spec.attributes
-        )
-        if ok or rounds == MAX_ROUNDS:
-            break
-        shares = [
-            np.clip(np.nan_to_num(_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
-            for a in range(len(spec.attributes))
-        ]
-        if callback is not None:
-            callback(op.passes)
+    rounds, T, what, lam, nu, out, after, ok = _linearised_rounds(
+        op,
+        spec,
+        layout,
+        labels,
+        _target_shares(spec, layout, pool["feat"]),
+        (target_size, n_eligible),
+        (bound, tol, max_passes),
+        history,
+        callback,
+    )
     values = (T @ out["feat"]) / target_size
-    infeasible = [
-        {**vars(c), "value": float(v), "multiplier": float(lv)}
-        for c, v, lv in zip(what, values, lam, strict=True)
-        if lv >= bound * (1 - 1e-9) and v > 1e-9
-    ]
-    for attr in spec.attributes:
-        if after[attr.name]["mass"] <= 1e-9 * before[attr.name]["mass"]:
-            # the linear constraints hold trivially with the attribute gone (P = 0)
-            infeasible.append(
-                {
-                    "attribute": attr.name,
-                    "kind": "presence",
-                    "note": "the constraints hold only with every caption of the attribute "
-                    "dropped (no q keeps it within epsilon)",
-                }
-            )
+    infeasible = _infeasible(spec, what, values, lam, bound, before, after)
     status = "converged" if ok else ("infeasible" if infeasible else "unmet")
     return M4Result(
         mu=T.T @ lam,
@@ -539,12 +599,7 @@ def m4_solve(
         size=float(out["size"]),
         target_size=float(target_size),
         n_eligible=n_eligible,
-        entropy={
-            "before": _entropy(pool),
-            "after": _entropy(out),
-            "uniform": math.log(n_eligible),
-            "kish_ess": float(out["size"] ** 2 / out["sq"]) if out["sq"] > 0 else 0.0,
-        },
+        entropy=_entropy_facts(pool, out, n_eligible),
         history=history,
         passes=op.passes,
         seconds=time.perf_counter() - t0,

@@ -121,24 +121,19 @@ def metaclip_on(
     counts = work.counts()
     n_elig = work.n_eligible
     info: dict = {"method": "metaclip"}
-    if tail_share_p is not None:
-        t = cap_from_tail_share(counts[:m], tail_share_p)
-        info["tail_share_requested"] = tail_share_p
-        info["tail_share_reached"] = tail_share(counts[:m], t)
-    if t is None:
-        if target_size is None:
-            raise ValueError("give t, target_size or tail_share_p")
-        if with_replacement and target_size > n_elig:
-            t = float(counts.max())
-        else:
-            t = cap_for_size_on(
-                work,
-                target_size,
-                counts,
-                keep_unmatched=keep_unmatched,
-                unmatched_cap=unmatched_cap,
-                rtol=size_rtol / 4,
-            )
+    t = _resolve_cap(
+        work,
+        m,
+        counts,
+        t,
+        target_size,
+        tail_share_p,
+        keep_unmatched,
+        unmatched_cap,
+        with_replacement,
+        size_rtol,
+        info,
+    )
     caps = cap_vector(
         work.n_entries,
         t,
@@ -178,6 +173,41 @@ def metaclip_on(
         counts=counts,
         targets=capped_targets(counts, caps),
         info=info,
+    )
+
+
+def _resolve_cap(
+    work: WorkOperator,
+    m: int,
+    counts: np.ndarray,
+    t: float | None,
+    target_size: float | None,
+    tail_share_p: float | None,
+    keep_unmatched: bool,
+    unmatched_cap: float | None,
+    with_replacement: bool,
+    size_rtol: float,
+    info: dict,
+) -> float:
+    """The cap t: given, from the tail share (recorded in ``info``), or solved for the target
+    size (t = max c_j when a size above the eligible pool is reached by repeats)."""
+    if tail_share_p is not None:
+        t = cap_from_tail_share(counts[:m], tail_share_p)
+        info["tail_share_requested"] = tail_share_p
+        info["tail_share_reached"] = tail_share(counts[:m], t)
+    if t is not None:
+        return t
+    if target_size is None:
+        raise ValueError("give t, target_size or tail_share_p")
+    if with_replacement and target_size > work.n_eligible:
+        return float(counts.max())
+    return cap_for_size_on(
+        work,
+        target_size,
+        counts,
+        keep_unmatched=keep_unmatched,
+        unmatched_cap=unmatched_cap,
+        rtol=size_rtol / 4,
     )
 
 

@@ -28,13 +28,14 @@ sorting (driver) or by Newton steps on the concave piecewise-linear Σ_r m_r min
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from curation import progress
 
 from .metaclip import cap_for_size_on
-from .operators import LocalOperator, LocalWork, TableOperator, WorkOperator
+from .operators import LocalOperator, LocalWork, ScoreSums, TableOperator, WorkOperator
 from .params import BalanceResult, ScoreParams
 from .signatures import SignatureTable
 from .target_size import (
@@ -72,6 +73,101 @@ def balance_factors(
     1); ``p_x``: per margin column, the level target (sums to 1).
     """
     return balance_factors_on(LocalWork(work), p_y, p_x, tol=tol, max_iter=max_iter)
+
+
+def _balance_info(
+    status: str,
+    history: list,
+    t: float | None,
+    t_rule: str,
+    spec: EntryTarget,
+    dropped_y: float,
+    dropped_x: dict[str, float],
+    lam: float,
+    size_rule: str,
+) -> dict[str, Any]:
+    """The solver and target facts of a balance run (its sizes are added by the caller)."""
+    return {
+        "method": "balance",
+        "status": status,
+        "iterations": len(history),
+        "t": None if t is None else float(t),
+        "t_rule": t_rule if t is not None else None,
+        "entry_target": spec.kind if spec.kind != "power" else f"power:{spec.alpha}",
+        "entry_target_dropped_share": dropped_y,
+        "margin_target_dropped_share": dropped_x,
+        "prob_scale": lam,
+        "size_rule": size_rule,
+    }
+
+
+def _entry_caps(
+    work: WorkOperator,
+    counts: np.ndarray,
+    spec: EntryTarget,
+    t: float | None,
+    target_size: float | None,
+    keep_unmatched: bool,
+    unmatched_cap: float | None,
+) -> tuple[float | None, np.ndarray | None, str]:
+    """The cap t (given, or MetaCLIP's cap at N for the capped target), the per-entry caps and
+    how t was chosen."""
+    t_rule = "given"
+    if t is None and spec.kind == "capped":
+        if target_size is None:
+            raise TargetSizeError("the capped entry target needs a cap t or a target size")
+        t = cap_for_size_on(
+            work,
+            min(target_size, work.n_eligible),
+            counts,
+            keep_unmatched=keep_unmatched,
+            unmatched_cap=unmatched_cap,
+        )
+        t_rule = "metaclip_cap_for_target_size"
+    if t is None:
+        return None, None, t_rule
+    own = unmatched_cap if unmatched_cap is not None else t
+    return t, cap_vector(work.n_entries, t, own if keep_unmatched else None), t_rule
+
+
+def _margin_distributions(
+    work: WorkOperator,
+    margins: Sequence[str],
+    margin_targets: Mapping[str, str | Mapping[str, float]] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """P_X per margin column (empirical, uniform or given shares) and the share it drops."""
+    p_x: dict[str, np.ndarray] = {}
+    dropped_x: dict[str, float] = {}
+    for col in margins:
+        if col not in work.margin_levels:
+            raise KeyError(f"signature table has no margin column {col!r}")
+        p_x[col], dropped_x[col] = margin_target_distribution(
+            work.level_counts(col),
+            work.margin_levels[col],
+            (margin_targets or {}).get(col, "empirical"),
+        )
+    return p_x, dropped_x
+
+
+def _prob_scale(
+    op: TableOperator,
+    params: ScoreParams,
+    raw_sums: ScoreSums,
+    spec: EntryTarget,
+    counts: np.ndarray,
+    caps: np.ndarray | None,
+    target_size: float | None,
+    with_replacement: bool,
+) -> tuple[float, str]:
+    """λ in π_i = min(1, λ·w_i): Σπ = N, or (capped target, no N) Σ_i k_i π_i = Σ_j τ_j."""
+    if target_size is not None:
+        if with_replacement and target_size > raw_sums.positive:
+            return 1.0 / raw_sums.min_positive_raw, "target_size"
+        return op.prob_scale(params, target_size), "target_size"
+    if caps is not None and spec.kind == "capped":
+        total = float(capped_targets(counts, caps).sum())
+        return op.prob_scale(params, total, per_match=True), "sum_k_pi_equals_sum_tau"
+    raise TargetSizeError("balance needs target_size (or a cap t with the capped target)")
 
 
 def balance_factors_on(
@@ -203,40 +299,12 @@ def balance_on(
     spec = EntryTarget.parse(entry_target)
     work = op.work(keep_unmatched)
     counts = work.counts()
-    caps = None
-    t_rule = "given"
-    if t is None and spec.kind == "capped":
-        if target_size is None:
-            raise TargetSizeError("the capped entry target needs a cap t or a target size")
-        n_elig0 = work.n_eligible
-        t = cap_for_size_on(
-            work,
-            min(target_size, n_elig0),
-            counts,
-            keep_unmatched=keep_unmatched,
-            unmatched_cap=unmatched_cap,
-        )
-        t_rule = "metaclip_cap_for_target_size"
-    if t is not None:
-        caps = cap_vector(
-            work.n_entries,
-            t,
-            (unmatched_cap if unmatched_cap is not None else t) if keep_unmatched else None,
-        )
     if spec.kind == "given" and keep_unmatched and spec.values is not None:
         if spec.values.size == op.n_entries:
             raise ValueError("with keep_unmatched, the entry target vector needs m+1 values")
+    t, caps, t_rule = _entry_caps(work, counts, spec, t, target_size, keep_unmatched, unmatched_cap)
     p_y, dropped_y = entry_target_distribution(counts, spec, caps)
-    margin_targets = dict(margin_targets or {})
-    p_x: dict[str, np.ndarray] = {}
-    dropped_x: dict[str, float] = {}
-    for col in margins:
-        if col not in work.margin_levels:
-            raise KeyError(f"signature table has no margin column {col!r}")
-        obs = work.level_counts(col)
-        p_x[col], dropped_x[col] = margin_target_distribution(
-            obs, work.margin_levels[col], margin_targets.get(col, "empirical")
-        )
+    p_x, dropped_x = _margin_distributions(work, margins, margin_targets)
     a, b, history, status = balance_factors_on(work, p_y, p_x, tol=tol, max_iter=max_iter)
     params = ScoreParams(
         method="balance",
@@ -247,20 +315,10 @@ def balance_on(
         keep_unmatched=keep_unmatched,
     )
     raw_sums = op.score_sums(params)  # weight_scale = 1: weight = raw
-    n_elig = work.n_eligible
-    wscale = n_elig / raw_sums.raw
-    n_rows_pos = raw_sums.positive
-    if target_size is not None:
-        if with_replacement and target_size > n_rows_pos:
-            lam = 1.0 / raw_sums.min_positive_raw
-        else:
-            lam = op.prob_scale(params, target_size)
-        size_rule = "target_size"
-    elif caps is not None and spec.kind == "capped":
-        lam = op.prob_scale(params, float(capped_targets(counts, caps).sum()), per_match=True)
-        size_rule = "sum_k_pi_equals_sum_tau"
-    else:
-        raise TargetSizeError("balance needs target_size (or a cap t with the capped target)")
+    wscale = work.n_eligible / raw_sums.raw
+    lam, size_rule = _prob_scale(
+        op, params, raw_sums, spec, counts, caps, target_size, with_replacement
+    )
     params = params.replace(weight_scale=wscale, prob_scale=lam)
     sums = op.score_sums(params)
     if with_replacement:
@@ -268,34 +326,19 @@ def balance_on(
             raise ValueError("with_replacement needs target_size")
         params = params.replace(repeat_scale=repeat_scale_from_total(sums.weight, target_size))
     size = sums.pi
-    if spec.kind == "capped":
-        targets = capped_targets(counts, caps)
-    else:  # a shape only: scale it to the expected number of kept entry matches
-        targets = p_y * sums.k_pi
-    info = {
-        "method": "balance",
-        "status": status,
-        "iterations": len(history),
-        "t": None if t is None else float(t),
-        "t_rule": t_rule if t is not None else None,
-        "entry_target": spec.kind if spec.kind != "power" else f"power:{spec.alpha}",
-        "entry_target_dropped_share": dropped_y,
-        "margin_target_dropped_share": dropped_x,
-        "prob_scale": lam,
-        "size_rule": size_rule,
-        "expected_size": size,
-        "target_size": target_size,
-        "final_max_rel_err": history[-1]["max_rel_err"] if history else 0.0,
-    }
+    # capped: τ_j = min(c_j, t); a shape only: scaled to the expected kept entry matches
+    targets = capped_targets(counts, caps) if spec.kind == "capped" else p_y * sums.k_pi
+    info = _balance_info(status, history, t, t_rule, spec, dropped_y, dropped_x, lam, size_rule)
+    info |= {"expected_size": size, "target_size": target_size}
+    info["final_max_rel_err"] = history[-1]["max_rel_err"] if history else 0.0
     if target_size is not None and not with_replacement:
         info["size_rel_err"] = abs(size - target_size) / target_size
     params = params.replace(meta={"t": None if t is None else float(t), "status": status})
     rows = op.row_scores(params)
-    weight, pi = rows if rows is not None else (None, None)
     return BalanceResult(
         params=params,
-        weight=weight,
-        pi=pi,
+        weight=rows[0] if rows is not None else None,
+        pi=rows[1] if rows is not None else None,
         counts=counts,
         targets=targets,
         margin_targets={col: p_x[col] * size for col in p_x},

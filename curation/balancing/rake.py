@@ -157,9 +157,8 @@ def rake_on(
     entry = _solve_entries(
         solver, caps, t, target_size, entry_targets, capped, work.n_eligible, max_size_evals
     )
-    n_ref = float(target_size) if target_size is not None else entry.sol.size
     sol, tau_all, margin_prob, mt = _solve_margins(
-        work, solver, entry, margins, margin_targets, n_ref, capped, solve_kw
+        work, solver, entry, margins, margin_targets, target_size, capped, solve_kw
     )
     size_target = target_size if capped and not with_replacement else None
     params = _score_params(op, work, margin_prob, sol.lam, tau_all, margins, caps, capped)
@@ -167,18 +166,13 @@ def rake_on(
     params, size = _scaled(op, params, work.n_eligible, with_replacement, target_size)
     info = {"method": "rake", "objective": objective, "capped": capped}
     info |= _solve_info(solver, sol, entry, bool(margins))
-    info |= _size_info(solver, entry, caps, t_keep, size, target_size, with_replacement)
+    info |= _size_info(solver, entry, caps, t_keep, size, target_size)
     info |= _quality_info(sol, work.n_entries)
-    info |= {
-        "size_search": solver.log,
-        "size_shift": params.offset,
-        "dual_bound": float(dual_bound),
-    }
-    if target_size is not None and not with_replacement:
-        info["size_rel_err"] = abs(size - target_size) / target_size
+    info |= _search_info(solver, params, float(dual_bound), size, target_size, with_replacement)
     params = params.replace(meta={"t": entry.t, "status": sol.status, "objective": objective})
     rows = op.row_scores(params)
     entry_res = sol.residual[: work.n_entries]
+    info["entry_residual_max_abs"] = float(np.abs(entry_res).max(initial=0.0))
     return BalanceResult(
         params=params,
         weight=rows[0] if rows is not None else None,
@@ -187,7 +181,7 @@ def rake_on(
         targets=entry.tau,
         margin_targets=mt,
         history=sol.history,
-        info=info | {"entry_residual_max_abs": float(np.abs(entry_res).max(initial=0.0))},
+        info=info,
         residual=entry_res.copy(),
     )
 
@@ -207,7 +201,6 @@ def _size_info(
     t_keep: float | None,
     size: float,
     target_size: float | None,
-    with_replacement: bool,
 ) -> dict[str, Any]:
     """The caps used (head cap t, kept-set cap t_keep, unmatched cap) and the sizes."""
     t_used = entry.t
@@ -319,15 +312,17 @@ def _solve_margins(
     entry: _EntrySolve,
     margins: Sequence[str],
     margin_targets: Mapping[str, str | Mapping[str, float]] | None,
-    n_ref: float,
+    target_size: float | None,
     capped: bool,
     solve_kw: dict[str, Any],
 ) -> tuple[RakeSolution, np.ndarray, RakeOperator, dict[str, np.ndarray]]:
     """With margins: the joint solve over entries and margin levels, started from the entry
-    solution, with level targets P_X(x) · N_ref. Returns the solution, the targets of every
-    column, the problem they belong to and the margin targets (the entry solve's own without)."""
+    solution, with level targets P_X(x) · N_ref (N, else the entry solution's size). Returns
+    the solution, the targets of every column, the problem they belong to and the margin
+    targets (the entry solve's own without margins)."""
     if not margins:
         return entry.sol, entry.tau, solver.prob, {}
+    n_ref = float(target_size) if target_size is not None else entry.sol.size
     prob = work.rake_problem(margins)
     m_work = work.n_entries
     tau_all = np.zeros(prob.n_columns)
@@ -441,6 +436,21 @@ def _solve_info(
         "seconds": sum(s.seconds for s in solver.solved.values())
         + (sol.seconds if with_margins else 0),
     }
+
+
+def _search_info(
+    solver: WarmSolver,
+    params: ScoreParams,
+    dual_bound: float,
+    size: float,
+    target_size: float | None,
+    with_replacement: bool,
+) -> dict[str, Any]:
+    """The cap search's solves, the final shift ν, and how far the size is from N."""
+    out = {"size_search": solver.log, "size_shift": params.offset, "dual_bound": dual_bound}
+    if target_size is not None and not with_replacement:
+        out["size_rel_err"] = abs(size - target_size) / target_size
+    return out
 
 
 def _quality_info(sol: RakeSolution, m_work: int) -> dict[str, Any]:
