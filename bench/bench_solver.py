@@ -1,6 +1,6 @@
 """Driver-side rake benchmark on a synthetic signature table.
 
-    python -m curation.balancing.bench --signatures 1000000 --entries 50000 --cap 1000
+    .venv/bin/python bench/bench_solver.py --signatures 1000000 --entries 50000 --cap 1000
 
 Prints one JSON line per problem: iterations, passes over the table, seconds, seconds per
 iteration, final errors and status. Problems: the capped target min(c_j, t) (usually partly
@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from .dual_solver import solve_box_dual
-from .operators import LocalRakeOperator
-from .rake import build_problem
-from .synthetic import synthetic_table
-from .targets import capped_targets
+from curation.balancing.dual_solver import solve_box_dual
+from curation.balancing.operators import LocalRakeOperator
+from curation.balancing.rake import build_problem
+from curation.balancing.synthetic import synthetic_table
+from curation.balancing.targets import capped_targets
 
 
 def run(
