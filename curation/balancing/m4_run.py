@@ -34,6 +34,7 @@ from curation.balancing.m4 import (
     block_from_arrow,
     m4_solve,
 )
+from curation.balancing.params import history_table as params_history_table
 
 log = logging.getLogger(__name__)
 
@@ -228,18 +229,11 @@ def m4_diagnostics(
 
 def history_table(result: M4Result) -> pa.Table:
     """history.parquet: per pass, the largest constraint violation and the size error."""
-    return pa.Table.from_pylist(
+    return params_history_table(
         [
-            {
-                "iter": int(h["iter"]),
-                "max_rel_err": float(h["max_violation"]),
-                "l1": float(h["size_rel_err"]),
-            }
+            {"iter": h["iter"], "max_rel_err": h["max_violation"], "l1": h["size_rel_err"]}
             for h in result.history
-        ],
-        schema=pa.schema(
-            [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
-        ),
+        ]
     )
 
 

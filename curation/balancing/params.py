@@ -31,7 +31,7 @@ they are scored as if they held the single pseudo-entry ``<unmatched>`` whose id
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -299,6 +299,24 @@ def score_arrow(
         for col in params.margin_values
     }
     return score_batch(params, indptr, indices, codes)
+
+
+#: ``history.parquet`` of a balance output: per solver iteration, its largest error and its L1 error.
+HISTORY_SCHEMA = pa.schema(
+    [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
+)
+
+
+def history_table(history: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """``history.parquet`` (:data:`HISTORY_SCHEMA`) from a solver history's iter, max_rel_err
+    and l1."""
+    return pa.Table.from_pylist(
+        [
+            {"iter": int(h["iter"]), "max_rel_err": float(h["max_rel_err"]), "l1": float(h["l1"])}
+            for h in history
+        ],
+        schema=HISTORY_SCHEMA,
+    )
 
 
 @dataclass(eq=False)

@@ -61,6 +61,7 @@ from curation.balancing.distributed import (
     run_method_spark,
     signature_table_size,
 )
+from curation.balancing.params import history_table
 from curation.stages.base import Stage, StageResult, input_field, output_field
 from curation.summaries import (
     BalanceSummary,
@@ -722,22 +723,7 @@ def write_solution(tmp: str, result: BalanceResult, entries: list[str], expected
         "expected", pa.array(np.asarray(expected, dtype=np.float64)[: entry_table.num_rows])
     )
     _write_table(entry_table, storage.join(tmp, "entry_factors.parquet"))
-    _write_table(
-        pa.Table.from_pylist(
-            [
-                {
-                    "iter": int(h["iter"]),
-                    "max_rel_err": float(h["max_rel_err"]),
-                    "l1": float(h["l1"]),
-                }
-                for h in result.history
-            ],
-            schema=pa.schema(
-                [("iter", pa.int32()), ("max_rel_err", pa.float64()), ("l1", pa.float64())]
-            ),
-        ),
-        storage.join(tmp, "history.parquet"),
-    )
+    _write_table(history_table(result.history), storage.join(tmp, "history.parquet"))
 
 
 def score_to(spark: SparkSession, pool: DataFrame, params: ScoreParams, tmp: str) -> None:
