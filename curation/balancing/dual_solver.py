@@ -267,8 +267,10 @@ class _BoxDualRun:
         """KKT error, max relative error, L1 share and n_j/τ_j − 1 on the free columns."""
         nf = self.n[self.fidx]
         rel = nf / self.tau_f - 1.0
+        # per free column, kept for the polish step's choice of columns (:meth:`direction`)
+        self.errors = kkt_errors(nf, self.tau_f, self.lam[self.fidx], self.B)
         return (
-            float(kkt_errors(nf, self.tau_f, self.lam[self.fidx], self.B).max(initial=0.0)),
+            float(self.errors.max(initial=0.0)),
             float(np.abs(rel).max(initial=0.0)),
             float(np.abs(nf - self.tau_f).sum() / self.tau_sum),
             rel,
@@ -361,10 +363,10 @@ class _BoxDualRun:
         # hold the columns at a bound whose gradient points out of the box
         hold = ((z <= self.lo * (1 - 1e-12)) & (g > 0)) | ((z >= self.hi * (1 - 1e-12)) & (g < 0))
         if self.last_kind != "polish" and self.memory.pairs:
-            nf = self.n[self.fidx]
-            late = ~hold & (kkt_errors(nf, self.tau_f, self.lam[self.fidx], self.B) > self.tol)
+            late = ~hold & (self.errors > self.tol)
             if 0 < np.count_nonzero(late) <= _POLISH_COLUMNS:
-                step = np.log(self.tau_f[late] / np.maximum(nf[late], 1e-300))
+                nf = self.n[self.fidx][late]
+                step = np.log(self.tau_f[late] / np.maximum(nf, 1e-300))
                 d = np.zeros_like(z)
                 d[late] = step * self.scale[late]
                 return d, "polish"
