@@ -8,6 +8,7 @@ ICLR 2024) needs, so that it works on any caption pool::
         female: [woman, women, girl, she, her]
         male: [man, men, boy, he, his, him]
     labels: [doctor, nurse, kitchen]       # each keyword is one label y_r
+    # or: labels: {entries: {min_count: 50}}  every metadata entry with ≥ 50 matched samples
     targets:
       gender: parity            # or {female: 0.5, male: 0.5}
     epsilon: {representation: 0.01, association: 0.01}
@@ -24,13 +25,23 @@ Representation in the matched pool (``match --attributes``) and the signature ta
 two columns ``attribute_groups: list<int32>`` and ``attribute_labels: list<int32>`` (sorted,
 distinct; empty when nothing matched), plus ``attributes.json`` (this spec, resolved) beside
 the pool. Id lists keep the table narrow whatever the number of labels, and group by as one key.
+
+Labels from metadata entries (``labels: {entries: {min_count: N}}``). A label is then a metadata
+entry, and a caption has it when the entry is in the caption's entry ids: labels = entries, so
+nothing is matched for them (``attribute_labels`` stays empty) and the signature table already
+holds them. The entry counts are known only after ``count``, so the list resolves at ``balance``
+(:func:`resolve_entry_labels`, from ``entry_counts.parquet``): every entry with c_j ≥ N, except
+those in whose text a group keyword occurs (whole-phrase rule, the spec's casefold: "woman",
+"young woman" — as labels their association with their own group is 1 by construction). The
+resolved spec carries the labels' texts and entry ids (``label_entries`` in ``attributes.json``
+and in the broadcast M4 layout).
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -76,6 +87,17 @@ class AttributeSpec:
     casefold: bool = False
     source: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: ``labels: {entries: {min_count: N}}``: N (None: keyword labels)
+    label_min_count: int | None = None
+    #: the resolved labels' entry ids (ascending; :func:`resolve_entry_labels`), or None
+    label_entry_ids: tuple[int, ...] | None = None
+    #: entries with c_j ≥ N left out because a group keyword occurs in them
+    excluded_label_entries: tuple[str, ...] = ()
+
+    @property
+    def entry_labels(self) -> bool:
+        """Labels are metadata entries (``labels: {entries: ...}``)."""
+        return self.label_min_count is not None
 
     @property
     def group_names(self) -> list[str]:
@@ -100,6 +122,13 @@ class AttributeSpec:
             },
             "min_label_count": self.min_label_count,
             "casefold": self.casefold,
+            "label_entries": None
+            if not self.entry_labels
+            else {
+                "min_count": self.label_min_count,
+                "entry_ids": None if self.label_entry_ids is None else list(self.label_entry_ids),
+                "excluded": list(self.excluded_label_entries),
+            },
         }
 
     @classmethod
@@ -113,7 +142,19 @@ class AttributeSpec:
             "min_label_count": d["min_label_count"],
             "casefold": d["casefold"],
         }
-        return parse_spec(raw, d.get("source", ""))
+        entries = d.get("label_entries")
+        if not entries:
+            return parse_spec(raw, d.get("source", ""))
+        raw["labels"] = {"entries": {"min_count": entries["min_count"]}}
+        spec = parse_spec(raw, d.get("source", ""))
+        if entries.get("entry_ids") is None:
+            return spec
+        return replace(
+            spec,
+            labels=tuple(d["labels"]),
+            label_entry_ids=tuple(int(j) for j in entries["entry_ids"]),
+            excluded_label_entries=tuple(entries.get("excluded", ())),
+        )
 
 
 def _fail(source: str, where: str, what: str) -> AttributeFileError:
@@ -220,14 +261,11 @@ def parse_spec(raw: Any, source: str = "<attributes>") -> AttributeSpec:
         raise _fail(source, "casefold", f"{casefold!r} is not true or false")
     attributes = _attributes(source, raw.get("attributes"), targets, casefold)
     labels_raw = raw.get("labels", [])
+    label_min_count = None
     if isinstance(labels_raw, Mapping):
-        raise _fail(
-            source,
-            "labels",
-            "labels from metadata entries ({entries: ...}) are not supported yet; list the "
-            "label keywords",
-        )
-    labels = _keyword_list(source, "labels", labels_raw) if labels_raw else ()
+        label_min_count, labels = _entry_labels(source, labels_raw), ()
+    else:
+        labels = _keyword_list(source, "labels", labels_raw) if labels_raw else ()
     dup = [kw for i, kw in enumerate(labels) if kw in labels[:i]]
     if dup:
         raise _fail(source, "labels", f"label {dup[0]!r} is listed twice")
@@ -235,7 +273,57 @@ def parse_spec(raw: Any, source: str = "<attributes>") -> AttributeSpec:
     min_count = raw.get("min_label_count", 30)
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 0:
         raise _fail(source, "min_label_count", f"{min_count!r} is not a non-negative integer")
-    return AttributeSpec(attributes, labels, eps_r, eps_a, min_count, casefold, source)
+    return AttributeSpec(
+        attributes,
+        labels,
+        eps_r,
+        eps_a,
+        min_count,
+        casefold,
+        source,
+        label_min_count=label_min_count,
+    )
+
+
+def _entry_labels(source: str, raw: Mapping[str, Any]) -> int:
+    """N of ``labels: {entries: {min_count: N}}``."""
+    usage = "give a list of label keywords, or {entries: {min_count: N}} (N ≥ 1)"
+    if set(raw) != {"entries"} or not isinstance(raw["entries"], Mapping):
+        raise _fail(source, "labels", usage)
+    inner = raw["entries"]
+    if set(inner) != {"min_count"}:
+        raise _fail(source, "labels.entries", usage)
+    n = inner["min_count"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _fail(source, "labels.entries.min_count", f"{n!r} is not a positive integer")
+    return n
+
+
+def resolve_entry_labels(
+    spec: AttributeSpec, entries: Sequence[str], counts: Sequence[int] | np.ndarray
+) -> AttributeSpec:
+    """The spec with labels = the metadata entries with c_j ≥ ``label_min_count``, in entry id
+    order, except the entries in which a group keyword occurs (whole-phrase rule, the spec's
+    casefold); a spec with keyword labels is returned as it is."""
+    if not spec.entry_labels:
+        return spec
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size != len(entries):
+        raise ValueError(f"{len(entries)} entries but {counts.size} counts")
+    keywords = [kw for a in spec.attributes for kws in a.keywords for kw in kws]
+    holds_keyword = Matcher(keywords, casefold=spec.casefold)
+    ids, excluded = [], []
+    for j in np.flatnonzero(counts >= spec.label_min_count).tolist():
+        if holds_keyword.match(entries[j]):
+            excluded.append(entries[j])
+        else:
+            ids.append(j)
+    return replace(
+        spec,
+        labels=tuple(entries[j] for j in ids),
+        label_entry_ids=tuple(ids),
+        excluded_label_entries=tuple(excluded),
+    )
 
 
 def load_spec(path: str) -> AttributeSpec:

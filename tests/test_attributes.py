@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from curation.attributes import AttributeFileError, AttributeMatcher, load_spec, parse_spec
+from curation.attributes import (
+    AttributeFileError,
+    AttributeMatcher,
+    load_spec,
+    parse_spec,
+    resolve_entry_labels,
+)
+from curation.balancing.m4 import MomentLayout
 from curation.matching import naive_match
 from tests.m4_pool import ATTRIBUTES_YAML, FEMALE, LABELS, MALE, planted_captions
 
@@ -40,7 +47,25 @@ def test_the_example_file_parses(tmp_path):
         ),
         ({"attributes": {"g": {"a": ["x"], "b": ["y"]}}, "labels": ["p", "p"]}, "labels"),
         ({"attributes": {"g": {"a": ["x"], "b": ["y"]}}, "min_label_count": -1}, "min_label_count"),
-        ({"attributes": {"g": {"a": ["x"], "b": ["y"]}}, "labels": {"entries": {}}}, "labels"),
+        (
+            {"attributes": {"g": {"a": ["x"], "b": ["y"]}}, "labels": {"entries": {}}},
+            "labels.entries",
+        ),
+        ({"attributes": {"g": {"a": ["x"], "b": ["y"]}}, "labels": {"entry": 3}}, "labels"),
+        (
+            {
+                "attributes": {"g": {"a": ["x"], "b": ["y"]}},
+                "labels": {"entries": {"min_count": 0}},
+            },
+            "labels.entries.min_count",
+        ),
+        (
+            {
+                "attributes": {"g": {"a": ["x"], "b": ["y"]}},
+                "labels": {"entries": {"min_count": 5, "top": 3}},
+            },
+            "labels.entries",
+        ),
     ],
 )
 def test_bad_files_name_the_file_and_key(raw, where):
@@ -83,3 +108,41 @@ def test_attribute_matcher_follows_the_whole_phrase_rule(tmp_path):
         assert lb == naive_match(caption, LABELS, casefold=True), caption
     assert matcher.match("Woman, nurse.") == ([0], [0])
     assert matcher.match("she's a nurses' aide") == ([], [])
+
+
+def test_labels_from_entries_resolve_from_the_counts_without_the_group_keywords():
+    """``labels: {entries: {min_count: N}}``: every entry with c_j ≥ N, except entries in which a
+    group keyword occurs (whole-phrase, casefolded as the file says)."""
+    raw = {
+        "attributes": {"gender": {"female": ["woman", "she"], "male": ["man", "he"]}},
+        "labels": {"entries": {"min_count": 10}},
+        "casefold": True,
+    }
+    spec = parse_spec(raw, "attrs.yaml")
+    assert spec.entry_labels and spec.labels == () and spec.label_entry_ids is None
+    with pytest.raises(ValueError, match="resolved from the entry counts"):
+        MomentLayout.of(spec)
+    entries = ["nurse", "Young Woman", "doctor", "car", "woman", "mans", "He", "dog"]
+    counts = [50, 40, 9, 10, 99, 12, 30, 0]
+    resolved = resolve_entry_labels(spec, entries, counts)
+    assert resolved.labels == ("nurse", "car", "mans")  # "mans" is not "man" (whole phrase)
+    assert resolved.label_entry_ids == (0, 3, 5)
+    assert resolved.excluded_label_entries == ("Young Woman", "woman", "He")
+    again = type(spec).from_dict(resolved.to_dict())
+    assert again == resolved
+    assert type(spec).from_dict(spec.to_dict()) == spec
+    layout = MomentLayout.of(resolved)
+    assert layout.label_entries == (0, 3, 5)
+    assert MomentLayout.from_dict(layout.to_dict()) == layout
+
+
+def test_a_row_has_the_entry_labels_of_its_entry_ids():
+    import pyarrow as pa
+
+    layout = MomentLayout((0,), (2,), 3, (2, 5, 9))
+    batch = pa.table(
+        {"entry_ids": pa.array([[1, 2, 9], [], [5], [0, 3, 4], None], pa.list_(pa.int32()))}
+    )
+    indptr, ids = layout.label_csr(batch)
+    rows = [ids[indptr[i] : indptr[i + 1]].tolist() for i in range(batch.num_rows)]
+    assert rows == [[0, 2], [], [1], [], []]

@@ -69,11 +69,13 @@ MAX_ROUNDS = 6
 @dataclass(frozen=True)
 class MomentLayout:
     """Where each base feature sits: per attribute an offset, K groups and L labels, in the order
-    a, s_0..s_{K-1}, a·y_0..a·y_{L-1}, s_k·y_r (k-major)."""
+    a, s_0..s_{K-1}, a·y_0..a·y_{L-1}, s_k·y_r (k-major). ``label_entries``: the labels' entry
+    ids when labels are metadata entries (a row's labels then come from its ``entry_ids``)."""
 
     first_groups: tuple[int, ...]
     n_groups: tuple[int, ...]
     n_labels: int
+    label_entries: tuple[int, ...] | None = None
 
     @property
     def offsets(self) -> list[int]:
@@ -89,22 +91,50 @@ class MomentLayout:
 
     @classmethod
     def of(cls, spec: AttributeSpec) -> MomentLayout:
+        if spec.entry_labels and spec.label_entry_ids is None:
+            raise ValueError(
+                f"{spec.source}: labels from metadata entries are resolved from the entry "
+                "counts first (curation.attributes.resolve_entry_labels)"
+            )
         return cls(
             tuple(a.first_group for a in spec.attributes),
             tuple(len(a.groups) for a in spec.attributes),
             len(spec.labels),
+            spec.label_entry_ids if spec.entry_labels else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "first_groups": list(self.first_groups),
             "n_groups": list(self.n_groups),
             "n_labels": self.n_labels,
         }
+        if self.label_entries is not None:
+            out["label_entries"] = list(self.label_entries)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MomentLayout:
-        return cls(tuple(d["first_groups"]), tuple(d["n_groups"]), int(d["n_labels"]))
+        entries = d.get("label_entries")
+        return cls(
+            tuple(d["first_groups"]),
+            tuple(d["n_groups"]),
+            int(d["n_labels"]),
+            None if entries is None else tuple(int(j) for j in entries),
+        )
+
+    def label_csr(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's label ids (CSR): ``attribute_labels``, or with labels from entries the
+        positions of the row's entry ids in ``label_entries`` (ascending both, so sorted)."""
+        if self.label_entries is None:
+            return list_array_to_csr(batch.column(LABELS_COL))
+        indptr, ids = list_array_to_csr(batch.column("entry_ids"))
+        table = np.asarray(self.label_entries, dtype=np.int64)
+        pos = np.searchsorted(table, ids)
+        hit = pos < table.size
+        hit[hit] = table[pos[hit]] == ids[hit]
+        kept = np.concatenate([[0], np.cumsum(hit)]).astype(np.int64)
+        return kept[indptr], pos[hit].astype(np.int32)
 
 
 def base_features(
@@ -163,7 +193,7 @@ def block_from_arrow(
     (and the utility column; or, with ``base``, the rows' entry ids and margins: the utility is
     then the base method's π, for rake with attributes)."""
     gp, gi = list_array_to_csr(batch.column(GROUPS_COL))
-    lp, li = list_array_to_csr(batch.column(LABELS_COL))
+    lp, li = layout.label_csr(batch)
     indptr, cols = base_features(layout, gp, gi, lp, li)
     mult = np.asarray(batch.column("multiplicity").to_numpy(zero_copy_only=False), np.float64)
     if base is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,6 +25,7 @@ from curation.attributes import (
     LABELS_COL,
     AttributeSpec,
     load_spec,
+    resolve_entry_labels,
 )
 from curation.balancing import BalanceResult, ScoreParams, SignatureTable, diagnostics
 from curation.balancing.distributed import choose_execution, signature_table_size
@@ -45,7 +47,7 @@ _IDENTITY_KEYS = ("groups", "labels", "casefold")
 
 def m4_spec(config: Any) -> AttributeSpec:
     """The attribute spec: ``--attributes FILE`` checked against the matched one, or the one
-    the pool was matched with."""
+    the pool was matched with; labels from metadata entries resolved from the entry counts."""
     matched_file = storage.join(config.counts, ATTRIBUTES_FILE)
     if not storage.exists(matched_file):
         raise storage.StageInputError(
@@ -54,22 +56,50 @@ def m4_spec(config: Any) -> AttributeSpec:
         )
     matched = storage.read_json(matched_file)
     if not config.attributes:
-        return AttributeSpec.from_dict(matched)
-    spec = load_spec(config.attributes)
+        spec = AttributeSpec.from_dict(matched)
+    else:
+        spec = load_spec(config.attributes)
+        _check_identity(spec, matched, config.attributes)
+    return _with_entry_labels(spec, config.counts)
+
+
+def _with_entry_labels(spec: AttributeSpec, counts_dir: str) -> AttributeSpec:
+    """``labels: {entries: {min_count: N}}`` resolved from ``entry_counts.parquet`` (labels are
+    entries, so they need no match: the signature table's entry ids hold them)."""
+    if not spec.entry_labels:
+        return spec
+    fs, path = storage.url_to_fs(storage.join(counts_dir, "entry_counts.parquet"))
+    with fs.open(path, "rb") as f:
+        counts = pq.read_table(f, columns=["entry", "count"])
+    resolved = resolve_entry_labels(
+        spec, counts.column("entry").to_pylist(), counts.column("count").to_numpy()
+    )
+    log.info(
+        "balance: %d metadata entries with at least %d matches are the labels (%d left out: "
+        "they hold a group keyword)",
+        len(resolved.labels),
+        spec.label_min_count,
+        len(resolved.excluded_label_entries),
+    )
+    return resolved
+
+
+def _check_identity(spec: AttributeSpec, matched: dict[str, Any], source: str) -> None:
+    """Groups (and keyword labels) must be the ones the pool was matched with."""
     given = spec.to_dict()
-    for key in _IDENTITY_KEYS:
+    keys = [k for k in _IDENTITY_KEYS if not (k == "labels" and spec.entry_labels)]
+    for key in keys:
         keywords_match = all(
             given["attributes"].get(n, {}).get("groups") == a["groups"]
             for n, a in matched["attributes"].items()
         )
         if given[key] != matched[key] or not keywords_match:
             raise storage.StageInputError(
-                f"{config.attributes}: its {key if keywords_match else 'keywords'} differ from "
+                f"{source}: its {key if keywords_match else 'keywords'} differ from "
                 f"the attribute file the pool was matched with ({matched.get('source')}); "
-                "targets, epsilon and min_label_count may change at balance, groups and labels "
-                "need a new match"
+                "targets, epsilon and min_label_count may change at balance (and labels from "
+                "entries), groups and keyword labels need a new match"
             )
-    return spec
 
 
 def m4_frame(spark: SparkSession, config: Any, margins: list[str] = ()) -> DataFrame:

@@ -80,10 +80,10 @@ def test_match_and_count_carry_the_attributes(pipeline):
     assert json.load(open(os.path.join(counts, "attributes.json")))["labels"] == LABELS
 
 
-def recompute_bias(rows, pi: dict[str, float]) -> dict:
+def recompute_bias(rows, pi: dict[str, float], labels=LABELS, label_casefold=True) -> dict:
     """RB and AB of the gender attribute straight from the captions and π (the definitions of
     docs/balancing.md), without any of the package's m4 code."""
-    P, S, Y, YS = 0.0, np.zeros(2), np.zeros(len(LABELS)), np.zeros((2, len(LABELS)))
+    P, S, Y, YS = 0.0, np.zeros(2), np.zeros(len(labels)), np.zeros((2, len(labels)))
     for r in rows:
         w = pi[r["uid"]]
         s = np.array(
@@ -91,8 +91,8 @@ def recompute_bias(rows, pi: dict[str, float]) -> dict:
         )
         if not s.any():
             continue
-        y = np.zeros(len(LABELS))
-        y[naive_match(r["caption"], LABELS, casefold=True)] = 1.0
+        y = np.zeros(len(labels))
+        y[naive_match(r["caption"], labels, casefold=label_casefold)] = 1.0
         P += w
         S += w * s
         Y += w * y
@@ -288,3 +288,54 @@ def test_report_shows_bias_before_and_after(spark, pipeline):
         constrained = [n for n, lab in attr["labels"].items() if lab["constrained"]]
         assert constrained and all(f">{e}<" in part for e in constrained[:5])
     assert "Scatter of each label&#x27;s association bias" in part
+
+
+def test_labels_from_metadata_entries(spark, pipeline, tmp_path):
+    """``labels: {entries: {min_count: N}}``: match adds no label ids, balance takes the labels
+    from the entry counts (entries holding a group keyword left out) and the rows' entry ids."""
+    root, rows, _, _ = pipeline
+    attr = tmp_path / "entries.yaml"
+    attr.write_text(
+        ATTRIBUTES_YAML.replace(
+            "labels: [nurse, doctor, car, kitchen]", "labels: {entries: {min_count: 200}}"
+        )
+    )
+    matched = run_match(
+        spark,
+        MatchConfig(
+            input=str(root / "pool.parquet"),
+            output=str(tmp_path / "m"),
+            metadata=str(root / "meta.json"),
+            attributes=str(attr),
+        ),
+    )
+    pool = pq.read_table(os.path.join(matched.output, "pool")).to_pylist()
+    assert all(r["attribute_labels"] == [] for r in pool)
+    counts = run_count(spark, CountConfig(input=matched.output, output=str(tmp_path / "c")))
+    c = pq.read_table(os.path.join(counts.output, "entry_counts.parquet")).to_pylist()
+    want = [e["entry"] for e in c if e["count"] >= 200 and e["entry"] not in ("woman", "man")]
+    assert len(want) >= 3 and any(e["entry"] == "woman" and e["count"] >= 200 for e in c)
+    out = run_balance(
+        spark,
+        BalanceConfig(
+            input=matched.output,
+            counts=counts.output,
+            output=str(tmp_path / "b"),
+            method="m4",
+            target_fraction=0.5,
+            execution="driver",
+        ),
+    )
+    assert out.summary["status"] == "converged"
+    bias = json.load(open(os.path.join(out.output, "bias.json")))
+    g = bias["attributes"]["gender"]
+    assert list(g["labels"]) == want
+    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    after = recompute_bias(rows, pi, labels=want, label_casefold=False)
+    assert g["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
+    for r, label in enumerate(want):
+        assert g["labels"][label]["ab_after"]["female"] == pytest.approx(
+            after["ab"][0, r], abs=1e-9
+        )
+    assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
+    assert abs(g["labels"]["nurse"]["ab_before"]["female"]) > 0.3
