@@ -282,7 +282,7 @@ class Constraint:
     side: int = 1
 
 
-def _shares(feat: np.ndarray, layout: MomentLayout, a: int) -> np.ndarray:
+def group_shares(feat: np.ndarray, layout: MomentLayout, a: int) -> np.ndarray:
     o, K = layout.offsets[a], layout.n_groups[a]
     P = feat[o]
     return feat[o + 1 : o + 1 + K] / P if P > 0 else np.full(K, np.nan)
@@ -477,13 +477,13 @@ def _entropy(out: dict[str, Any]) -> float:
     return float(math.log(S) - out["qlogq"] / S) if S > 0 else float("nan")
 
 
-def _target_shares(spec: AttributeSpec, layout: MomentLayout, feat: np.ndarray) -> list:
+def target_shares(spec: AttributeSpec, layout: MomentLayout, feat: np.ndarray) -> list:
     """π_k per attribute: parity (the groups' mean share in the pool) or the given shares,
     kept inside (0, 1)."""
     shares = []
     for a, attr in enumerate(spec.attributes):
         if attr.target == "parity":
-            s = _shares(feat, layout, a)
+            s = group_shares(feat, layout, a)
             share = np.full(len(attr.groups), float(np.nanmean(s)) if s.size else 0.5)
         else:
             share = np.asarray(attr.target, dtype=np.float64)
@@ -491,7 +491,7 @@ def _target_shares(spec: AttributeSpec, layout: MomentLayout, feat: np.ndarray) 
     return shares
 
 
-def _infeasible(
+def infeasible_constraints(
     spec: AttributeSpec,
     what: list,
     values: np.ndarray,
@@ -521,7 +521,7 @@ def _infeasible(
     return infeasible
 
 
-def _entropy_facts(pool: dict[str, Any], out: dict[str, Any], n_eligible: float) -> dict:
+def entropy_facts(pool: dict[str, Any], out: dict[str, Any], n_eligible: float) -> dict:
     return {
         "before": _entropy(pool),
         "after": _entropy(out),
@@ -565,7 +565,7 @@ def _linearised_rounds(
         if ok or rounds == MAX_ROUNDS:
             break
         shares = [
-            np.clip(np.nan_to_num(_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
+            np.clip(np.nan_to_num(group_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
             for a in range(len(spec.attributes))
         ]
         if callback is not None:
@@ -607,14 +607,14 @@ def m4_solve(
         spec,
         layout,
         labels,
-        _target_shares(spec, layout, pool["feat"]),
+        target_shares(spec, layout, pool["feat"]),
         (target_size, n_eligible),
         (bound, tol, max_passes),
         history,
         callback,
     )
     values = (T @ out["feat"]) / target_size
-    infeasible = _infeasible(spec, what, values, lam, bound, before, after)
+    infeasible = infeasible_constraints(spec, what, values, lam, bound, before, after)
     status = "converged" if ok else ("infeasible" if infeasible else "unmet")
     return M4Result(
         mu=T.T @ lam,
@@ -629,7 +629,7 @@ def m4_solve(
         size=float(out["size"]),
         target_size=float(target_size),
         n_eligible=n_eligible,
-        entropy=_entropy_facts(pool, out, n_eligible),
+        entropy=entropy_facts(pool, out, n_eligible),
         history=history,
         passes=op.passes,
         seconds=time.perf_counter() - t0,
@@ -732,16 +732,17 @@ def score_moment_batch(
     """q of pool rows from the broadcast M4 parameters (``ScoreParams.moments``); 0 on rows
     that are not eligible (``matched`` False)."""
     layout = MomentLayout.from_dict(moments["layout"])
+    mu, nu = np.asarray(moments["mu"], dtype=np.float64), float(moments["nu"])
     utility = moments.get("utility_col") or None
-    block = block_from_arrow(_with_multiplicity(batch), layout, utility, base=_base(moments))
-    q = row_q(block, np.asarray(moments["mu"], dtype=np.float64), float(moments["nu"]))
+    block = block_from_arrow(with_multiplicity(batch), layout, utility, base=base_params(moments))
+    q = row_q(block, mu, nu)
     return np.where(matched, q, 0.0)
 
 
 _BASES: dict[int, tuple[Any, ScoreParams]] = {}
 
 
-def _base(moments: dict[str, Any]) -> ScoreParams | None:
+def base_params(moments: dict[str, Any]) -> ScoreParams | None:
     """The base method's parameters (rake with attributes), parsed once per broadcast dict."""
     raw = moments.get("base")
     if raw is None:
@@ -754,7 +755,7 @@ def _base(moments: dict[str, Any]) -> ScoreParams | None:
     return hit[1]
 
 
-def _with_multiplicity(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+def with_multiplicity(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     if "multiplicity" in table.column_names:
         return table

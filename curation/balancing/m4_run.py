@@ -29,6 +29,13 @@ from curation.attributes import (
 )
 from curation.balancing import BalanceResult, ScoreParams, SignatureTable, diagnostics
 from curation.balancing.distributed import choose_execution, signature_table_size
+from curation.balancing.joint import (
+    JointProblem,
+    JointResult,
+    MemoryJointOperator,
+    joint_block_from_arrow,
+    joint_solve,
+)
 from curation.balancing.m4 import (
     M4Result,
     MemoryMomentOperator,
@@ -163,6 +170,57 @@ def solve_m4(
     return result, None, None, "spark"
 
 
+def solve_joint(
+    spark: SparkSession,
+    config: Any,
+    spec: AttributeSpec,
+    base: BalanceResult,
+    n_entries: int,
+) -> tuple[JointResult, SignatureTable | None, np.ndarray | None, str]:
+    """Rake with attributes as one problem (:mod:`.joint`), from rake's solution ``base``:
+    (result, signature table and per-row π on the driver path, execution)."""
+    margins = list(base.params.margin_values)
+    frame = m4_frame(spark, config, margins)
+    execution = config.execution
+    if execution == "auto":
+        execution = choose_execution(*signature_table_size(frame), config.max_driver_nnz)
+    layout = MomentLayout.of(spec)
+    tau = np.concatenate(
+        [np.asarray(base.targets, np.float64)]
+        + [np.asarray(base.margin_targets[c], np.float64) for c in margins]
+    )
+    size = float(base.info.get("target_size") or base.info["expected_size"])
+    prob = JointProblem.of(base.params, tau, size, max_passes=config.max_iter or 2000)
+    if execution == "driver":
+        keys = ["entry_ids", *margins, GROUPS_COL, LABELS_COL]
+        arrow = frame.orderBy(*keys).toArrow()
+        op = MemoryJointOperator([joint_block_from_arrow(arrow, layout, base.params)])
+        result = joint_solve(op, spec, prob)
+        table = SignatureTable.from_arrow(
+            arrow.select(["entry_ids", *margins, "multiplicity"]), n_entries, margins
+        )
+        return result, table, op.row_pi(result.columns, result.nu, result.mu), "driver"
+    from curation.balancing.m4_spark import SparkJointOperator
+
+    op = SparkJointOperator(spark, frame, layout, base.params)
+    try:
+        result = joint_solve(op, spec, prob)
+    finally:
+        op.unpersist()
+    return result, None, None, "spark"
+
+
+def joint_base(result: JointResult, base: ScoreParams) -> ScoreParams:
+    """Rake's parameters with the joint solve's λ (the size shift is the joint ν)."""
+    lam = np.asarray(result.columns, dtype=np.float64)
+    m = base.n_entries
+    margin_values, o = {}, m
+    for col, values in base.margin_values.items():
+        margin_values[col] = lam[o : o + len(values)]
+        o += len(values)
+    return base.replace(entry_values=lam[:m], margin_values=margin_values, offset=0.0)
+
+
 def m4_params(
     result: M4Result,
     spec: AttributeSpec,
@@ -170,13 +228,18 @@ def m4_params(
     utility: str,
     base: ScoreParams | None = None,
 ) -> ScoreParams:
-    """The broadcastable parameters (weights scaled to mean 1 over the eligible samples)."""
+    """The broadcastable parameters (weights scaled to mean 1 over the eligible samples). A
+    joint rake-with-attributes result is scored as π = min(1, e^{η_rake + ν − b·μ}) on rake's
+    raked rows (``moments.link = "joint"``), else π = clip(u − ν − b·μ, 0, 1)."""
     moments = {
         "layout": MomentLayout.of(spec).to_dict(),
         "mu": result.mu.tolist(),
         "nu": result.nu,
         "utility_col": utility,
     }
+    if isinstance(result, JointResult) and base is not None:
+        base = joint_base(result, base)
+        moments["link"] = "joint"
     if base is not None:
         moments["base"] = base.to_dict()
     return ScoreParams(
@@ -194,7 +257,8 @@ def m4_params(
 
 
 def m4_info(result: M4Result, execution: str) -> dict[str, Any]:
-    return {
+    joint = {"entries": result.entries} if isinstance(result, JointResult) else {}
+    return joint | {
         "status": result.status,
         "target_size": result.target_size,
         "expected_size": result.size,

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .blocks import finalize
+from .joint import JointBlock, joint_block_from_arrow, joint_pass_kernel
 from .m4 import MomentBlock, MomentLayout, block_from_arrow, m4_pass_kernel
 from .params import ScoreParams
 from .spark_operator import DEFAULT_FAN_IN, reduce_partials
@@ -35,8 +36,11 @@ def _chunks(
         )
 
 
-def _assemble(pid: int, rows: Iterable[Any], n_base: int) -> Iterator[MomentBlock]:
+def _assemble(pid: int, rows: Iterable[Any], n_base: int) -> Iterator[Any]:
     parts = [pickle.loads(r.payload) for r in sorted(rows, key=lambda r: r.seq)]
+    if parts and isinstance(parts[0], JointBlock):
+        yield JointBlock.concat(pid, parts)
+        return
     indptr, offset = [np.zeros(1, np.int64)], 0
     for p in parts:
         indptr.append(p.indptr[1:] + offset)
@@ -108,3 +112,63 @@ class SparkMomentOperator:
 
     def unpersist(self) -> None:
         self.blocks.unpersist()
+
+
+def _joint_chunks(
+    batches: Iterable[pa.RecordBatch], layout: MomentLayout, base: ScoreParams
+) -> Iterator[pa.RecordBatch]:
+    for seq, batch in enumerate(batches):
+        block = joint_block_from_arrow(batch, layout, base)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([seq], pa.int32()), pa.array([pickle.dumps(block)], pa.binary())],
+            names=["seq", "payload"],
+        )
+
+
+def _run_joint(blocks: Iterator[JointBlock], params: Any) -> Iterator[tuple[int, dict]]:
+    lam, nu, mu = (None, 0.0, None) if params is None else params.value
+    for block in blocks:
+        yield block.pid, joint_pass_kernel(block, lam, nu, mu)
+
+
+class SparkJointOperator(SparkMomentOperator):
+    """:class:`.joint.MemoryJointOperator` on Spark: the joint problem's rows (rake's columns and
+    the base features) as cached blocks, one job per pass, partials merged in partition order."""
+
+    def __init__(
+        self,
+        spark: Any,
+        frame: Any,
+        layout: MomentLayout,
+        base: ScoreParams,
+        *,
+        num_partitions: int | None = None,
+        fan_in: int = DEFAULT_FAN_IN,
+    ) -> None:
+        from pyspark import StorageLevel
+
+        self.sc = spark.sparkContext
+        self.fan_in = fan_in
+        self.passes = 0
+        if num_partitions:
+            frame = frame.repartition(int(num_partitions))
+        chunks = frame.mapInArrow(
+            functools.partial(_joint_chunks, layout=layout, base=base), "seq int, payload binary"
+        )
+        self.blocks = chunks.rdd.mapPartitionsWithIndex(
+            lambda pid, rows: _assemble(pid, rows, layout.size)
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        self.num_partitions = self.blocks.getNumPartitions()
+
+    def run(
+        self, lam: np.ndarray | None, nu: float = 0.0, mu: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        self.passes += 1
+        value = None if lam is None else (np.asarray(lam), float(nu), np.asarray(mu))
+        handle = None if value is None else self.sc.broadcast(value)
+        try:
+            parts = self.blocks.mapPartitions(functools.partial(_run_joint, params=handle))
+            return finalize(reduce_partials(parts, self.fan_in))
+        finally:
+            if handle is not None:
+                handle.destroy()

@@ -198,7 +198,13 @@ class BalanceConfig:
     attributes: str = field(
         default="",
         metadata={
-            "help": "attribute file (YAML) with the bias targets and epsilons: m4 (default: the one the pool was matched with), or rake (rake, then the closest π meeting the bias bounds); its groups and labels must be those the pool was matched with"
+            "help": "attribute file (YAML) with the bias targets and epsilons: m4 (default: the one the pool was matched with), or rake (the bias bounds added to rake's entry balancing, see --rake-attributes); its groups and labels must be those the pool was matched with"
+        },
+    )
+    rake_attributes: Literal["joint", "two-step"] = field(
+        default="joint",
+        metadata={
+            "help": "rake with --attributes: joint (rake's entry balancing and the bias constraints in one dual; rake's kept samples stay kept) or two-step (rake, then the closest π in squared distance that meets the bias bounds)"
         },
     )
     utility_col: str = field(
@@ -300,6 +306,8 @@ def check_options(config: BalanceConfig) -> None:
         raise BalanceConfigError("--tail-share is MetaCLIP 2's rule for --method metaclip")
     if config.method not in ("m4", "rake") and config.attributes:
         raise BalanceConfigError("--attributes applies to --method m4 and --method rake only")
+    if (config.method != "rake" or not config.attributes) and config.rake_attributes != "joint":
+        raise BalanceConfigError("--rake-attributes applies to --method rake --attributes only")
     if config.method != "m4" and config.utility_col:
         raise BalanceConfigError("--utility-col applies to --method m4 only")
     if config.method == "rake" and config.attributes:
@@ -553,16 +561,22 @@ class BalanceStage(Stage):
         spec = m4.m4_spec(config)
         target = self.method_options["target_size"]
         base = None
-        if config.method == "rake":  # rake, then the closest π that meets the bias bounds
+        if config.method == "rake":  # rake first: its cap, targets and solution
             margins = list(dict.fromkeys(config.margins))
             _, base, _ = solve(
                 self.spark, config, entries, margins, self.method_options, self.n_matched
             )
             target = None  # the rake solution's size
+        joint = base is not None and config.rake_attributes == "joint"
         with progress.bar(f"balance: m4 on the {config.execution}", unit="pass"):
-            result, table, pi, execution = m4.solve_m4(
-                self.spark, config, spec, target, len(entries), base.params if base else None
-            )
+            if joint:
+                result, table, pi, execution = m4.solve_joint(
+                    self.spark, config, spec, base, len(entries)
+                )
+            else:
+                result, table, pi, execution = m4.solve_m4(
+                    self.spark, config, spec, target, len(entries), base.params if base else None
+                )
         params = m4.m4_params(
             result, spec, len(entries), config.utility_col, base.params if base else None
         )
