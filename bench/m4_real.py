@@ -9,9 +9,12 @@ the shipped metadata list (``metadata/default.json``) with ``curation.matching.M
 against the attribute file with ``AttributeMatcher`` — the code the ``match`` stage runs. M4 is
 solved on the driver (``MemoryMomentOperator``, the same passes as ``balance --method m4``) at
 N = ``--fraction`` × matched samples, per caption set and on their union; and rake with
-attributes (rake at N on the metadata entries, then the closest π meeting the bias bounds).
-"Before" is the pool (m4) or rake's solution (rake+attributes); entropies are of q/Σq over
-samples and of the expected entry distribution.
+attributes, both ways (``balance --rake-attributes``): ``joint`` (rake's entry balancing and the
+bias constraints in one dual, :mod:`curation.balancing.joint`, the default) and ``two-step``
+(rake at N, then the closest π in squared distance meeting the bias bounds). "Before" is the
+pool (m4) or rake's solution (rake+attributes); entropies are of q/Σq over samples and of the
+expected entry distribution; the entry L1 error is to rake's own targets τ_j, and "tail kept" is
+the share of the samples rake keeps for their tail entries (π = 1) that stay at π = 1.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ from conftest import SHARED_DATA, load_real_captions  # noqa: E402
 
 from curation.attributes import AttributeMatcher, load_spec  # noqa: E402
 from curation.balancing import SignatureTable, rake  # noqa: E402
+from curation.balancing.joint import (  # noqa: E402
+    JointProblem,
+    MemoryJointOperator,
+    joint_block_from_arrow,
+    joint_solve,
+)
 from curation.balancing.m4 import (  # noqa: E402
     MemoryMomentOperator,
     MomentLayout,
@@ -88,28 +97,62 @@ def entry_entropy(table: SignatureTable, pi) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def run(name: str, table: pa.Table, spec, fraction: float, n_entries: int, with_rake: bool) -> dict:
+def solve(table: pa.Table, spec, sig: SignatureTable, n: float, fraction: float, mode: str):
+    """(result, q per row, rake's result or None, the joint operator or None)."""
+    layout = MomentLayout.of(spec)
+    if mode == "m4":
+        op = MemoryMomentOperator([block_from_arrow(table, layout)])
+        result = m4_solve(op, spec, fraction * n)
+        return result, op.row_q(result.mu, result.nu), None, None
+    base = rake(sig, target_size=fraction * n)
+    if mode == "two-step":
+        op = MemoryMomentOperator([block_from_arrow(table, layout, base=base.params)])
+        result = m4_solve(op, spec, None)
+        return result, op.row_q(result.mu, result.nu), base, None
+    op = MemoryJointOperator([joint_block_from_arrow(table, layout, base.params)])
+    result = joint_solve(op, spec, JointProblem.of(base.params, base.targets, fraction * n))
+    return result, op.row_pi(result.columns, result.nu, result.mu), base, op
+
+
+def entry_facts(sig: SignatureTable, q: np.ndarray, base, kept: np.ndarray | None) -> dict:
+    """Entry L1 error to rake's targets and the share of rake's kept samples still at π = 1."""
+    if base is None:
+        return {"entry_l1_base": None, "entry_l1_after": None, "tail_kept": None}
+    tau = np.asarray(base.targets, dtype=np.float64)
+    m = sig.multiplicity.astype(np.float64)
+
+    def l1(pi):
+        return float(np.abs(sig.entry_sums(m * pi) - tau).sum() / tau.sum())
+
+    kept = kept if kept is not None else base.pi >= 1.0  # π = 1 in rake (kept, or saturated)
+    return {
+        "entry_l1_base": l1(base.pi),
+        "entry_l1_after": l1(q),
+        "tail_kept": float(m[kept & (q >= 1.0)].sum() / max(m[kept].sum(), 1.0)),
+    }
+
+
+def run(name: str, table: pa.Table, spec, fraction: float, n_entries: int, mode: str) -> dict:
     n = float(sum(table.column("multiplicity").to_pylist()))
     sig = SignatureTable.from_arrow(table.select(["entry_ids", "multiplicity"]), n_entries)
-    base = None
     t0 = time.perf_counter()
-    if with_rake:
-        base = rake(sig, target_size=fraction * n)
-    layout = MomentLayout.of(spec)
-    params = base.params if base is not None else None
-    op = MemoryMomentOperator([block_from_arrow(table, layout, base=params)])
-    result = m4_solve(op, spec, None if with_rake else fraction * n)
-    bias = bias_report(spec, result, "rake+attributes" if with_rake else "m4")
-    q = op.row_q(result.mu, result.nu)
+    result, q, base, joint_op = solve(table, spec, sig, n, fraction, mode)
+    method = "m4" if mode == "m4" else f"rake+attributes ({mode})"
+    bias = bias_report(spec, result, "m4" if mode == "m4" else "rake+attributes")
     before_pi = base.pi if base is not None else np.ones(sig.multiplicity.size)
+    kept = joint_op.blocks[0].fixed > 0 if joint_op is not None else None
+    if base is not None and kept is None:  # the same rows the joint solve keeps
+        kept = joint_block_from_arrow(table, MomentLayout.of(spec), base.params).fixed > 0
     g = bias["attributes"]["gender"]
     constrained = sum(v["constrained"] for v in g["labels"].values())
     row = {
         "pool": name,
-        "method": "rake+attributes" if with_rake else "m4",
+        "method": method,
         "rake_status": base.info.get("status") if base is not None else None,
+        "rake_passes": base.info.get("passes") if base is not None else None,
         "entry_entropy_before": entry_entropy(sig, before_pi),
         "entry_entropy_after": entry_entropy(sig, q),
+        **entry_facts(sig, q, base, kept),
         "matched": int(n),
         "with_gender": g["count_before"],
         "labels_constrained": constrained,
@@ -120,8 +163,8 @@ def run(name: str, table: pa.Table, spec, fraction: float, n_entries: int, with_
         "size_kept": result.size / n,
         "entropy_before": result.entropy["before"],
         "entropy_after": result.entropy["after"],
-        "rb_base": bias.get("attributes")["gender"].get("rb_base"),
-        "ab_base": bias.get("attributes")["gender"].get("ab_base"),
+        "rb_base": g.get("rb_base"),
+        "ab_base": g.get("ab_base"),
         "entropy_base": result.base["entropy"] if result.base else result.entropy["before"],
         "entropy_cost": (result.base["entropy"] if result.base else result.entropy["before"])
         - result.entropy["after"],
@@ -139,6 +182,7 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--out", default=str(REPO / "bench/out/m4"))
     ap.add_argument("--sets", nargs="*", default=None, help="caption sets (default: all, union)")
+    ap.add_argument("--modes", nargs="*", default=["m4", "joint", "two-step"])
     args = ap.parse_args()
     spec = load_spec(args.attributes)
     entries = Matcher(load_metadata(DEFAULT_METADATA).entries)
@@ -155,26 +199,33 @@ def main() -> None:
     n_entries = len(load_metadata(DEFAULT_METADATA).entries)
     for name, captions in sets.items():
         table = pattern_table(captions, entries, attrs)
-        for with_rake in (False, True):
-            res = run(name, table, spec, args.fraction, n_entries, with_rake)
+        for mode in args.modes:
+            res = run(name, table, spec, args.fraction, n_entries, mode)
             rows.append(res["row"])
-            method = res["row"]["method"]
-            (out / f"bias-{name}-{method}.json").write_text(json.dumps(res["bias"], indent=1))
+            (out / f"bias-{name}-{mode}.json").write_text(json.dumps(res["bias"], indent=1))
             print(json.dumps(res["row"]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     print(
-        "| pool | method | matched | with gender | labels constrained | RB before → after | "
-        "AB before → after | size kept | entropy cost (nats) | Kish ESS / matched | status | "
-        "entry entropy before → after | passes |"
+        "| pool | method | RB base → after | AB base → after | entry L1 to τ base → after | "
+        "tail kept | entry entropy base → after | sample entropy base → after | "
+        "Kish ESS / matched | status | passes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        rb0 = r["rb_base"] if r["rb_base"] is not None else r["rb_before"]
+        ab0 = r["ab_base"] if r["ab_base"] is not None else r["ab_before"]
+        l1 = (
+            f"{r['entry_l1_base']:.3f} → {r['entry_l1_after']:.3f}"
+            if r["entry_l1_base"] is not None
+            else "—"
+        )
+        tail = f"{r['tail_kept']:.3f}" if r["tail_kept"] is not None else "—"
         print(
-            f"| {r['pool']} | {r['method']} | {r['matched']:,} | {r['with_gender']:,.0f} | "
-            f"{r['labels_constrained']} | {r['rb_before']:.3f} → {r['rb_after']:.4f} | "
-            f"{r['ab_before']:.3f} → {r['ab_after']:.4f} | {r['size_kept']:.3f} | "
-            f"{r['entropy_cost']:.4f} | {r['kish_ess_share']:.3f} | {r['status']} | "
-            f"{r['entry_entropy_before']:.3f} → {r['entry_entropy_after']:.3f} | {r['passes']} |"
+            f"| {r['pool']} | {r['method']} | {rb0:.3f} → {r['rb_after']:.4f} | "
+            f"{ab0:.3f} → {r['ab_after']:.4f} | {l1} | {tail} | "
+            f"{r['entry_entropy_before']:.3f} → {r['entry_entropy_after']:.3f} | "
+            f"{r['entropy_base']:.3f} → {r['entropy_after']:.3f} | {r['kish_ess_share']:.2f} | "
+            f"{r['status']} | {r['passes']} |"
         )
 
 

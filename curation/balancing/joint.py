@@ -68,7 +68,12 @@ from .signatures import encode_margin, list_array_to_csr
 #: Box of the bias multipliers κ_c ≤ B_b: one unit of constraint violation (in samples) costs
 #: B_b nats, the exact-penalty price. It must exceed the multipliers of feasible constraints (up
 #: to ~40 measured on 30-row tests); a multiplier at the box marks a constraint no π meets.
-DEFAULT_BIAS_BOUND = 1e3
+DEFAULT_BIAS_BOUND = 1e5
+#: The log-offset of rake's kept rows (π = min(1, e^{o + η})): dropping a kept sample costs o
+#: nats, more than any entry target can pay (η ≥ o − B·k with k free entries at −B: kept for
+#: k < o/B = 100) and less than a bias constraint (:data:`DEFAULT_BIAS_BOUND`), so the bias
+#: bounds come first, then MetaCLIP's tail, then rake's entry targets.
+KEEP_PRICE = 1e3
 #: Σπ within this relative distance of N.
 SIZE_RTOL = 1e-7
 #: A bias constraint is met when its violation is below this share of ε times its attribute's
@@ -79,8 +84,8 @@ BIAS_RTOL = 1e-4
 # ------------------------------------------------------------------------------- blocks
 @dataclass
 class JointBlock:
-    """Rows of the joint problem: multiplicity, the fixed state (+inf kept, −inf dropped, 0
-    raked), the free rake columns (CSR over entries, then margin levels) and the base features
+    """Rows of the joint problem: multiplicity, the fixed log-offset (:data:`KEEP_PRICE` on
+    kept rows, −inf on dropped rows, 0 on raked rows), the free rake columns (CSR over entries, then margin levels) and the base features
     (CSR)."""
 
     pid: int
@@ -134,11 +139,16 @@ def rake_columns(base: ScoreParams) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def joint_block_from_arrow(
-    batch: pa.RecordBatch | pa.Table, layout: MomentLayout, base: ScoreParams, pid: int = 0
+    batch: pa.RecordBatch | pa.Table,
+    layout: MomentLayout,
+    base: ScoreParams,
+    pid: int = 0,
+    keep_price: float | None = None,
 ) -> JointBlock:
     """A block from rows with ``entry_ids``, rake's margin columns, ``attribute_groups``,
     ``attribute_labels`` and ``multiplicity``; ``base`` (rake's parameters) says which columns
-    are fixed: λ = KEEP_LOG keeps its rows, λ = ZERO_LOG drops them."""
+    are fixed: λ = KEEP_LOG keeps its rows (log-offset ``keep_price``, default
+    :data:`KEEP_PRICE`), λ = ZERO_LOG drops them."""
     lam, offsets = rake_columns(base)
     indptr, ids = list_array_to_csr(batch.column("entry_ids"))
     k = np.diff(indptr)
@@ -161,7 +171,8 @@ def joint_block_from_arrow(
     lp, li = layout.label_csr(batch)
     f_indptr, f_cols = base_features(layout, gp, gi, lp, li)
     mult = np.asarray(batch.column("multiplicity").to_numpy(zero_copy_only=False), np.float64)
-    fixed = np.where(dropped, -np.inf, np.where(kept, np.inf, 0.0))
+    keep = KEEP_PRICE if keep_price is None else float(keep_price)
+    fixed = np.where(dropped, -np.inf, np.where(kept, keep, 0.0))
     return JointBlock(
         pid,
         mult,
@@ -182,8 +193,8 @@ def joint_eta(block: JointBlock, lam: np.ndarray, nu: float, mu: np.ndarray) -> 
 
 
 def joint_pi(fixed: np.ndarray, eta: np.ndarray) -> np.ndarray:
-    """π_r: 1 on kept rows, 0 on dropped rows, min(1, e^η) on raked rows."""
-    return np.where(fixed > 0, 1.0, np.where(fixed < 0, 0.0, np.exp(np.minimum(eta, 0.0))))
+    """π_r = min(1, e^{o_r + η_r}) with the row's fixed offset o_r (0 on dropped rows)."""
+    return np.exp(np.minimum(fixed + eta, 0.0))
 
 
 def joint_pass_kernel(
@@ -198,8 +209,10 @@ def joint_pass_kernel(
     else:
         eta = joint_eta(block, lam, nu, mu)
         pi = joint_pi(block.fixed, eta)
-        raked = block.fixed == 0
-        terms = np.where(raked, phi(np.where(raked, eta, 0.0)), np.where(block.fixed > 0, eta, 0))
+        # φ(o + η) − o: the kept rows' constant offset o taken out (0 on dropped rows)
+        o = np.where(np.isfinite(block.fixed), block.fixed, 0.0)
+        live = np.isfinite(block.fixed)
+        terms = np.where(live, phi(np.where(live, o + eta, 0.0)) - o, 0.0)
     w = block.mult * pi
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(pi > 0, pi * np.log(np.where(pi > 0, pi, 1.0)), 0.0)
@@ -247,7 +260,8 @@ def score_joint_batch(
     dropped and on not eligible (``matched`` False) rows."""
     layout = MomentLayout.from_dict(moments["layout"])
     base = base_params(moments)
-    block = joint_block_from_arrow(with_multiplicity(batch), layout, base)
+    keep = moments.get("keep_price")
+    block = joint_block_from_arrow(with_multiplicity(batch), layout, base, keep_price=keep)
     lam = rake_columns(base)[0]
     mu = np.asarray(moments["mu"], dtype=np.float64)
     q = joint_pi(block.fixed, joint_eta(block, lam, float(moments["nu"]), mu))

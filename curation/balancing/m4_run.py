@@ -30,6 +30,7 @@ from curation.attributes import (
 from curation.balancing import BalanceResult, ScoreParams, SignatureTable, diagnostics
 from curation.balancing.distributed import choose_execution, signature_table_size
 from curation.balancing.joint import (
+    KEEP_PRICE,
     JointProblem,
     JointResult,
     MemoryJointOperator,
@@ -240,6 +241,7 @@ def m4_params(
     if isinstance(result, JointResult) and base is not None:
         base = joint_base(result, base)
         moments["link"] = "joint"
+        moments["keep_price"] = KEEP_PRICE
     if base is not None:
         moments["base"] = base.to_dict()
     return ScoreParams(

@@ -66,7 +66,10 @@ def joint_on(arrow: pa.Table, fraction: float, tol: float):
 def primal_by_slsqp(op, prob, result):
     """The joint primal solved directly: min Σ_raked m (π log π − π + 1) + B Σ_j (u_j + v_j)
     over raked π ∈ [0, 1] and u, v ≥ 0, with n_j(π) − τ_j = u_j − v_j on the free columns,
-    Σ m π = N and T Σ m π b ≤ 0 (the constraints of the joint's last round), kept rows at 1."""
+    Σ m π = N and T Σ m π b ≤ 0 (the constraints of the joint's last round), kept rows at 1.
+    The joint prices dropping a kept row at KEEP_PRICE nats instead of fixing it; when its
+    solution keeps them (asserted by the test) both problems have the same optimum. (SLSQP with
+    that price in the objective is too ill-conditioned to converge: gradients of 1e3.)"""
     (block,) = op.blocks
     n_rows = block.mult.size
     A = np.zeros((n_rows, block.n_columns))
@@ -117,9 +120,9 @@ def primal_by_slsqp(op, prob, result):
 @pytest.mark.parametrize(("seed", "fraction"), [(0, 0.5), (1, 0.4), (4, 0.5)])
 def test_joint_solution_matches_an_independent_solver_of_the_primal(seed, fraction):
     """On ~30 rows the joint dual's π agrees with SLSQP on the primal to 1e-4 (both stop at
-    their own tolerances: the dual at KKT 1e-9, SLSQP at ftol 1e-14)."""
+    their own tolerances: the dual at KKT 1e-7, SLSQP at ftol 1e-14)."""
     arrow = small_pool(30, seed)
-    spec, table, base, op, prob, result = joint_on(arrow, fraction, tol=1e-9)
+    spec, table, base, op, prob, result = joint_on(arrow, fraction, tol=1e-7)
     assert result.status == "converged"
     assert result.entries["kkt_test"] == "met"
     pi = op.row_pi(result.columns, result.nu, result.mu)
@@ -127,7 +130,7 @@ def test_joint_solution_matches_an_independent_solver_of_the_primal(seed, fracti
     assert np.abs(pi - ref).max() <= 1e-4
     fixed = op.blocks[0].fixed
     assert (fixed == 0).sum() >= 10  # the instance has freedom: most rows are raked
-    assert np.all(pi[fixed > 0] == 1.0)  # rake's kept rows stay kept
+    assert np.all(pi[fixed > 0] == 1.0)  # rake's kept rows stay kept here
     assert float(np.abs(base.pi - pi).max()) > 1e-2  # and the bias bounds moved them
 
 
