@@ -14,7 +14,7 @@ bias constraints in one dual, :mod:`curation.balancing.joint`, the default) and 
 (rake at N, then the closest π in squared distance meeting the bias bounds). "Before" is the
 pool (m4) or rake's solution (rake+attributes); entropies are of q/Σq over samples and of the
 expected entry distribution; the entry L1 error is to rake's own targets τ_j, and "tail kept" is
-the share of the samples rake keeps for their tail entries (π = 1) that stay at π = 1.
+the expected share of the samples rake keeps for their tail entries that stay (Σ_kept π / #kept).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def solve(table: pa.Table, spec, sig: SignatureTable, n: float, fraction: float,
 
 
 def entry_facts(sig: SignatureTable, q: np.ndarray, base, kept: np.ndarray | None) -> dict:
-    """Entry L1 error to rake's targets and the share of rake's kept samples still at π = 1."""
+    """Entry L1 error to rake's targets and the expected share of rake's kept samples (those
+    with a tail entry) that stay: Σ_kept m π / Σ_kept m."""
     if base is None:
         return {"entry_l1_base": None, "entry_l1_after": None, "tail_kept": None}
     tau = np.asarray(base.targets, dtype=np.float64)
@@ -124,11 +125,10 @@ def entry_facts(sig: SignatureTable, q: np.ndarray, base, kept: np.ndarray | Non
     def l1(pi):
         return float(np.abs(sig.entry_sums(m * pi) - tau).sum() / tau.sum())
 
-    kept = kept if kept is not None else base.pi >= 1.0  # π = 1 in rake (kept, or saturated)
     return {
         "entry_l1_base": l1(base.pi),
         "entry_l1_after": l1(q),
-        "tail_kept": float(m[kept & (q >= 1.0)].sum() / max(m[kept].sum(), 1.0)),
+        "tail_kept": float(np.dot(m[kept], q[kept]) / max(m[kept].sum(), 1.0)),
     }
 
 

@@ -204,7 +204,7 @@ class BalanceConfig:
     rake_attributes: Literal["joint", "two-step"] = field(
         default="joint",
         metadata={
-            "help": "rake with --attributes: joint (rake's entry balancing and the bias constraints in one dual; rake's kept samples stay kept) or two-step (rake, then the closest π in squared distance that meets the bias bounds)"
+            "help": "rake with --attributes: joint (rake's entry balancing and the bias constraints in one dual; the bias bounds first, then rake's kept tail samples, then its entry targets) or two-step (rake, then the closest π in squared distance that meets the bias bounds)"
         },
     )
     utility_col: str = field(

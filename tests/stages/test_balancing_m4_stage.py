@@ -187,6 +187,7 @@ def test_bad_inputs_get_clear_errors(spark, pipeline, tmp_path):
         ("metaclip", {"attributes": "a.yaml"}, "m4 and --method rake only"),
         ("rake", {"utility_col": "quality"}, "--utility-col applies to --method m4 only"),
         ("rake", {"attributes": "a.yaml", "keep_unmatched": True}, "does not take --keep-unm"),
+        ("m4", {"rake_attributes": "two-step"}, "--method rake --attributes only"),
     ):
         with pytest.raises(BalanceConfigError, match=message):
             run_balance(
@@ -220,7 +221,8 @@ def test_bad_inputs_get_clear_errors(spark, pipeline, tmp_path):
 
 
 def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
-    """rake, then the closest π (squared distance) that meets the bias bounds at rake's size."""
+    """rake's entry balancing and the bias bounds in one dual (the default), at rake's size; and
+    the two-step projection (rake, then the closest π in squared distance meeting the bounds)."""
     root, rows, matched, counts = pipeline
     plain = run_balance(
         spark,
@@ -268,6 +270,31 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
     # the entry-level diagnostics of the final π are written as for any method
     diag = json.load(open(os.path.join(out.output, "diagnostics.json")))
     assert diag["inclusion"]["expected_size"] == pytest.approx(sum(pi.values()), rel=1e-9)
+    assert params["moments"]["link"] == "joint"
+    assert diag["info"]["entries"]["kkt_test"] == "met"
+
+    # the two-step projection meets the same bounds further from rake's entry targets
+    two = run_balance(
+        spark,
+        BalanceConfig(
+            input=matched.output,
+            counts=counts,
+            output=str(root / "r-two"),
+            method="rake",
+            target_fraction=0.5,
+            execution="driver",
+            attributes=str(root / "attr.yaml"),
+            rake_attributes="two-step",
+        ),
+    )
+    pi_two = {
+        r["uid"]: r["inclusion_prob"] for r in pq.read_table(two.output + "/weights").to_pylist()
+    }
+    after_two = recompute_bias(rows, pi_two)
+    assert after_two["rb"] <= EPS and np.abs(after_two["ab"]).max() <= EPS
+    diag_two = json.load(open(os.path.join(two.output, "diagnostics.json")))
+    l1 = diag["entries_after"]["l1_error"]
+    assert l1 < diag_two["entries_after"]["l1_error"] - 0.03
 
 
 def test_report_shows_bias_before_and_after(spark, pipeline):
