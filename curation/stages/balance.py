@@ -590,6 +590,8 @@ class BalanceStage(Stage):
         pool = self.spark.read.parquet(storage.spark_url(storage.join(config.input, "pool")))
         score_to(self.spark, pool, params, tmp)
         bias = bias_report(spec, result, "m4" if base is None else f"{config.method}+attributes")
+        if base is not None:
+            bias["combination"] = config.rake_attributes  # joint | two-step
         storage.write_json(storage.join(tmp, "bias.json"), bias)
         storage.write_json(storage.join(tmp, "diagnostics.json"), diag)
         summary = {

@@ -260,7 +260,7 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
     assert recompute_bias(rows, pi_rake)["rb"] > 2 * EPS  # rake alone does not debias
     bias = json.load(open(os.path.join(out.output, "bias.json")))
     g = bias["attributes"]["gender"]
-    assert bias["method"] == "rake+attributes"
+    assert bias["method"] == "rake+attributes" and bias["combination"] == "joint"
     assert g["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
     at_rake = recompute_bias(rows, pi_rake)  # "base": rake's own solution
     assert g["rb_base"] == pytest.approx(at_rake["rb"], abs=1e-9)
@@ -366,3 +366,33 @@ def test_labels_from_metadata_entries(spark, pipeline, tmp_path):
         )
     assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
     assert abs(g["labels"]["nurse"]["ab_before"]["female"]) > 0.3
+
+
+def test_rake_with_attributes_on_spark_agrees_with_the_driver(spark, pipeline):
+    root, rows, matched, counts = pipeline
+    outs = {
+        path: run_balance(
+            spark,
+            BalanceConfig(
+                input=matched.output,
+                counts=counts,
+                output=str(root / f"r-joint-{path}"),
+                method="rake",
+                target_fraction=0.5,
+                execution=path,
+                attributes=str(root / "attr.yaml"),
+            ),
+        )
+        for path in ("driver", "spark")
+    }
+    pis = {
+        path: {
+            r["uid"]: r["inclusion_prob"]
+            for r in pq.read_table(out.output + "/weights").to_pylist()
+        }
+        for path, out in outs.items()
+    }
+    assert outs["spark"].summary["execution"] == "spark"
+    assert max(abs(pis["driver"][u] - pis["spark"][u]) for u in pis["driver"]) <= 1e-9
+    after = recompute_bias(rows, pis["spark"])
+    assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
