@@ -232,3 +232,27 @@ def test_spark_passes_are_the_driver_passes_bit_for_bit(spark):
     assert on_spark.passes == driver.passes
     assert np.array_equal(on_spark.columns, driver.columns)
     assert np.array_equal(on_spark.mu, driver.mu) and on_spark.nu == driver.nu
+
+
+def test_rake_margins_are_held_in_the_joint_solve():
+    """With a margin column (rake's level targets, empirical shares) the joint solve meets the
+    level targets, the entry KKT test and the bias bounds together."""
+    spec, arrow, m = planted(3000)
+    rng = np.random.default_rng(0)
+    arrow = arrow.append_column(
+        "src", pa.array(rng.choice(["a", "b", "c"], size=arrow.num_rows, p=[0.6, 0.3, 0.1]))
+    )
+    table = SignatureTable.from_arrow(
+        arrow.select(["entry_ids", "src", "multiplicity"]), m, ["src"]
+    )
+    N = 0.5 * float(table.multiplicity.sum())
+    base = rake(table, target_size=N, margins=("src",))
+    op = MemoryJointOperator([joint_block_from_arrow(arrow, MomentLayout.of(spec), base.params)])
+    tau = np.concatenate([base.targets, base.margin_targets["src"]])
+    result = joint_solve(op, spec, JointProblem.of(base.params, tau, N))
+    assert result.status == "converged" and result.entries["kkt_test"] == "met"
+    assert result.after["gender"]["rb"] <= 0.01 and result.after["gender"]["ab"] <= 0.01
+    pi = op.row_pi(result.columns, result.nu, result.mu)
+    w = table.multiplicity * pi
+    for level, target in enumerate(base.margin_targets["src"]):
+        assert w[table.margin_codes["src"] == level].sum() == pytest.approx(target, rel=1e-3)
