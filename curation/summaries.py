@@ -492,6 +492,8 @@ class BiasReport(Record):
     status: str | None = None
     epsilon: dict[str, float] = field(default_factory=dict)
     min_label_count: int | None = None
+    #: rake with attributes: ``joint`` (one dual) or ``two-step`` (rake, then the projection)
+    combination: str | None = optional()
     attributes: dict[str, Any] = field(default_factory=dict)
     size: dict[str, Any] = field(default_factory=dict)
     entropy: dict[str, Any] = field(default_factory=dict)
