@@ -256,3 +256,39 @@ def test_rake_margins_are_held_in_the_joint_solve():
     w = table.multiplicity * pi
     for level, target in enumerate(base.margin_targets["src"]):
         assert w[table.margin_codes["src"] == level].sum() == pytest.approx(target, rel=1e-3)
+
+
+def test_the_bias_bounds_come_before_the_kept_tail():
+    """Every nurse caption holds the tail entry "ward" (rake keeps them: π = 1) and is female;
+    AB(nurse) ≤ ε is reachable only by dropping most of them. The joint solve does (kept rows are
+    priced at KEEP_PRICE nats, below the bias bound), and keeps the other rows raked."""
+    rows = [
+        ([0, 1], [0], [0], 20),  # entries: 0 ward (tail), 1 street, 2 park
+        ([1], [0], [], 60),
+        ([2], [0], [], 60),
+        ([1], [1], [], 60),
+        ([2], [1], [], 60),
+        ([1, 2], [], [], 100),
+    ]
+    lists = pa.list_(pa.int32())
+    arrow = pa.table(
+        {
+            "entry_ids": pa.array([r[0] for r in rows], lists),
+            "attribute_groups": pa.array([r[1] for r in rows], lists),
+            "attribute_labels": pa.array([r[2] for r in rows], lists),
+            "multiplicity": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+    spec = parse_spec(SPEC | {"epsilon": {"representation": 0.01, "association": 0.01}}, "s")
+    table = SignatureTable.from_arrow(arrow.select(["entry_ids", "multiplicity"]), 3)
+    N = 0.5 * float(table.multiplicity.sum())
+    base = rake(table, target_size=N)
+    assert base.pi[0] == 1.0  # rake keeps the ward's samples
+    op = MemoryJointOperator([joint_block_from_arrow(arrow, MomentLayout.of(spec), base.params)])
+    result = joint_solve(op, spec, JointProblem.of(base.params, base.targets, N))
+    pi = op.row_pi(result.columns, result.nu, result.mu)
+    assert op.blocks[0].fixed[0] > 0 and result.status == "converged"
+    assert result.after["gender"]["ab"] <= 0.01 and result.after["gender"]["rb"] <= 0.01
+    assert pi[0] < 0.1  # 20 × 0.037 nurses left among ~140 expected female samples
+    assert np.all(pi[1:] > 0.2)
+    assert float(np.dot(table.multiplicity, pi)) == pytest.approx(N, rel=1e-6)
