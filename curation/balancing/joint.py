@@ -48,6 +48,7 @@ from .blocks import binned_columns, binned_sum, combine, finalize
 from .dual_solver import DEFAULT_DUAL_BOUND, KEEP_LOG, kkt_errors
 from .kernels import ZERO_LOG, phi
 from .m4 import (
+    ASSOCIATION_SAFETY,
     MAX_ROUNDS,
     M4Result,
     MomentLayout,
@@ -421,9 +422,9 @@ def _rounds(
     (rounds, T, constraints, λ, ν, κ, the final pass, bias after, whether the last solve's KKT
     test held)."""
     layout = MomentLayout.of(spec)
-    lam, nu, kappa = prob.lam0, prob.nu0, None
+    lam, nu, kappa, safety = prob.lam0, prob.nu0, None, ASSOCIATION_SAFETY
     for rounds in range(1, MAX_ROUNDS + 1):
-        T, what = build_constraints(spec, layout, labels, shares)
+        T, what = build_constraints(spec, layout, labels, shares, safety)
         v = _Variables(prob, T, start["feat"])
         if kappa is None or kappa.size != len(what):
             kappa = np.zeros(len(what))
@@ -438,11 +439,25 @@ def _rounds(
         )
         if ok or rounds == MAX_ROUNDS or op.passes >= prob.max_passes:
             break
+        if not np.any(kappa >= prob.bias_bound * (1 - 1e-9)):  # not at the box: feasible
+            safety = _tightened(safety, spec, after, rounds)
         shares = [
             np.clip(np.nan_to_num(group_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
             for a in range(len(spec.attributes))
         ]
     return rounds, T, what, lam, nu, kappa, out, after, solved
+
+
+def _tightened(safety: float, spec: AttributeSpec, after: dict[str, Any], rounds: int) -> float:
+    """The AB safety factor δ of the next round. From the third round on, when an AB still
+    exceeds ε after a re-linearisation (and no constraint is held at the multiplier bound, which
+    would mark it infeasible), δ shrinks by ε/AB: the shares drift between rounds when
+    RB does not pin them (seen with infeasible margin targets: AB 0.0114–0.0120 over six rounds at
+    δ = 0.98), and the linearised bound must absorb that drift."""
+    worst = max(after[a.name]["ab"] for a in spec.attributes)
+    if rounds < 2 or worst <= spec.epsilon_association:
+        return safety
+    return safety * 0.99 * spec.epsilon_association / worst
 
 
 def _entry_errors(prob: JointProblem, out: dict[str, Any], lam: np.ndarray) -> dict[str, Any]:

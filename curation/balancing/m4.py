@@ -304,8 +304,10 @@ def build_constraints(
     layout: MomentLayout,
     labels: list[list[int]],
     linear_shares: list[np.ndarray],
+    association_safety: float = ASSOCIATION_SAFETY,
 ) -> tuple[np.ndarray, list[Constraint]]:
-    """T (constraints × base features) and what each row is; G q = T Σ m q b ≤ 0."""
+    """T (constraints × base features) and what each row is; G q = T Σ m q b ≤ 0 (the AB
+    bounds at ``association_safety`` · ε_a)."""
     rows: list[np.ndarray] = []
     what: list[Constraint] = []
     L, eps_a = layout.n_labels, spec.epsilon_association
@@ -332,7 +334,7 @@ def build_constraints(
                     what.append(Constraint(attr.name, "representation", attr.groups[k], side=side))
         p = linear_shares[a]
         for k in range(K):
-            bound = ASSOCIATION_SAFETY * eps_a * p[k] * (1 - p[k])
+            bound = association_safety * eps_a * p[k] * (1 - p[k])
             for r in labels[a]:
                 for side in (1, -1):
                     t = np.zeros(layout.size)

@@ -234,9 +234,13 @@ def test_spark_passes_are_the_driver_passes_bit_for_bit(spark):
     assert np.array_equal(on_spark.mu, driver.mu) and on_spark.nu == driver.nu
 
 
-def test_rake_margins_are_held_in_the_joint_solve():
-    """With a margin column (rake's level targets, empirical shares) the joint solve meets the
-    level targets, the entry KKT test and the bias bounds together."""
+@pytest.mark.parametrize("shares", ["empirical", "uniform"])
+def test_rake_margins_are_held_in_the_joint_solve(shares):
+    """With a margin column (rake's level targets) the joint solve meets the level targets, the
+    entry KKT test and the bias bounds together. Uniform shares are infeasible (level c has 338
+    samples for a target of 468.5): c is held at the box, and the group shares, which RB does
+    not pin there, drift between the AB re-linearisations (AB 0.0114–0.0120 for six rounds before
+    the safety factor was tightened between rounds; now 4 rounds)."""
     spec, arrow, m = planted(3000)
     rng = np.random.default_rng(0)
     arrow = arrow.append_column(
@@ -246,7 +250,7 @@ def test_rake_margins_are_held_in_the_joint_solve():
         arrow.select(["entry_ids", "src", "multiplicity"]), m, ["src"]
     )
     N = 0.5 * float(table.multiplicity.sum())
-    base = rake(table, target_size=N, margins=("src",))
+    base = rake(table, target_size=N, margins=("src",), margin_targets={"src": shares})
     op = MemoryJointOperator([joint_block_from_arrow(arrow, MomentLayout.of(spec), base.params)])
     tau = np.concatenate([base.targets, base.margin_targets["src"]])
     result = joint_solve(op, spec, JointProblem.of(base.params, tau, N))
@@ -255,7 +259,11 @@ def test_rake_margins_are_held_in_the_joint_solve():
     pi = op.row_pi(result.columns, result.nu, result.mu)
     w = table.multiplicity * pi
     for level, target in enumerate(base.margin_targets["src"]):
-        assert w[table.margin_codes["src"] == level].sum() == pytest.approx(target, rel=1e-3)
+        got = w[table.margin_codes["src"] == level].sum()
+        if shares == "uniform":  # c keeps all its samples, short of 468.5; a, b fill N
+            assert got > 0.99 * 338.0 if level == 2 else got > target
+        else:
+            assert got == pytest.approx(target, rel=1e-3)
 
 
 def test_the_bias_bounds_come_before_the_kept_tail():
