@@ -191,7 +191,9 @@ def solve_joint(
         + [np.asarray(base.margin_targets[c], np.float64) for c in margins]
     )
     size = float(base.info.get("target_size") or base.info["expected_size"])
-    prob = JointProblem.of(base.params, tau, size, max_passes=config.max_iter or 2000)
+    prob = JointProblem.of(
+        base.params, tau, size, tol=config.tol or 1e-3, max_passes=config.max_iter or 2000
+    )
     if execution == "driver":
         keys = ["entry_ids", *margins, GROUPS_COL, LABELS_COL]
         arrow = frame.orderBy(*keys).toArrow()
