@@ -34,7 +34,10 @@ against the current point (``phi_diff``), never as a difference of two large sum
 Memory across solves. The Hessian of F does not depend on τ, so the curvature pairs
 (Δz, Δ∇F) learnt while solving for one set of targets are exact for another: the cap search passes
 the :class:`QuasiNewtonMemory` of one solve to the next, and a warm-started solve begins with a
-quasi-Newton step toward the new targets instead of a gradient step.
+quasi-Newton step toward the new targets instead of a gradient step. The memory is dropped (a
+restart) when the KKT error has reached no new best for ``_RESTART_PASSES`` passes: pairs learnt
+before rows crossed the kink of φ at η = 0, or for other targets, then no longer describe the
+curvature, and the iterates hover instead of converging.
 
 Stopping. The KKT error is max_j |n_j − τ_j| / max(τ_j, 1) (relative, and in samples for targets
 below one sample) over the free columns that are not held at a bound by an unmet target; below
@@ -83,6 +86,9 @@ _SETTLE_WINDOW = 4
 #: The raking step on the columns still outside the tolerance, once at most this many are left
 #: (alternating with quasi-Newton steps; see :meth:`_BoxDualRun.direction`).
 _POLISH_COLUMNS = 10
+#: Restart: the quasi-Newton memory is dropped when the KKT error has not reached a new best for
+#: this many passes (see :meth:`_BoxDualRun.iterate`).
+_RESTART_PASSES = 15
 
 
 @dataclass
@@ -243,6 +249,7 @@ class _BoxDualRun:
             | {"step": "start"}
         ]
         self.best = (self.e, self.lam.copy(), self.cur)
+        self.best_pass = self.passes
         self.it = 0
         self.tol = 0.0
         self.last_kind = "start"
@@ -303,6 +310,11 @@ class _BoxDualRun:
             if self.passes - last_progress >= patience:
                 return "stalled"
             self.it += 1
+            if self.passes - self.best_pass >= _RESTART_PASSES and self.memory.pairs:
+                # a restart: pairs gathered before rows crossed the kink (or for earlier targets)
+                # no longer describe the curvature here (docs/balancing.md, "Restarts")
+                self.memory.pairs.clear()
+                self.best_pass = self.passes
             step = self.step(max_passes)
             if step is None:
                 return "stalled"  # no descent along the projected gradient: at rounding level
@@ -394,6 +406,7 @@ class _BoxDualRun:
         )
         if self.e < self.best[0]:
             self.best = (self.e, self.lam.copy(), self.cur)
+            self.best_pass = self.passes
 
     def solution(self, status: str, tol: float, column_counts: np.ndarray | None) -> RakeSolution:
         """The result at the last iterate (the best one unless converged or settled), with the
