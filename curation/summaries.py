@@ -308,7 +308,8 @@ class BalanceSummary(Record):
     headline: Headline = nested(Headline)
     info: SolverInfo = nested(SolverInfo)
     seconds: float | None = None
-    unmet_targets: list[dict[str, Any]] | None = optional()
+    #: The targets the solver left unmet (:func:`curation.stages.balance.unmet_targets`).
+    unmet_targets: dict[str, Any] | None = optional()
 
 
 @dataclass

@@ -633,23 +633,23 @@ class BalanceStage(Stage):
         return super().result(json.loads(json.dumps(summary)))
 
     def log_done(self, summary: dict) -> None:
-        log.info(
-            "balance: %s done in %.1f s -> %s", summary["method"], summary["seconds"], self.output
-        )
+        s = BalanceSummary.from_json(summary)
+        log.info("balance: %s done in %.1f s -> %s", s.method, s.seconds, self.output)
 
     @classmethod
     def describe(cls, result: StageResult) -> str:
-        s = result.summary
-        if s["method"] == "m4" or s.get("attributes"):
+        s = result.record(BalanceSummary)
+        # m4 and rake with attributes write their own summary (attributes, entropy, bias).
+        if s.method == "m4" or s.unknown.get("attributes"):
             from curation.balancing.m4_run import describe_m4
 
             return describe_m4(result)
-        d = s["headline"]
+        d = s.headline
         lines = [
-            f"balance: method {s['method']}, cap t = {_fmt(s.get('t'))}, status {s.get('status')}"
+            f"balance: method {s.method}, cap t = {_fmt(s.t)}, status {s.status}"
             + (" (up to date, skipped)" if result.skipped else ""),
-            f"  expected size   {s['expected_size']:,.1f}"
-            + (f" (target {s['target_size']:,.1f})" if s.get("target_size") else ""),
+            f"  expected size   {s.expected_size:,.1f}"
+            + (f" (target {s.target_size:,.1f})" if s.target_size else ""),
             f"  {'':<28}{'before':>12}{'after':>12}",
         ]
         for key, label in (
@@ -659,25 +659,24 @@ class BalanceStage(Stage):
             ("top100_share", "top-100 entries' share"),
             ("tail_entries_fully_kept_share", "tail entries fully kept"),
         ):
-            lines.append(
-                f"  {label:<28}{_fmt(d['before'].get(key)):>12}{_fmt(d['after'].get(key)):>12}"
-            )
-        w = d["weights"]
+            before, after = getattr(d.before, key), getattr(d.after, key)
+            lines.append(f"  {label:<28}{_fmt(before):>12}{_fmt(after):>12}")
+        w = d.weights
         lines.append(
-            f"  weights: Kish ESS {_fmt(w.get('kish_ess'))}, design effect {_fmt(w.get('design_effect'))}, "
-            f"max/mean {_fmt(w.get('max_over_mean'))}"
+            f"  weights: Kish ESS {_fmt(w.kish_ess)}, design effect {_fmt(w.design_effect)}, "
+            f"max/mean {_fmt(w.max_over_mean)}"
         )
-        ref = (s.get("info") or {}).get("vs_metaclip")
-        if ref and s["method"] != "metaclip":
-            this, mc = ref["this"], ref["metaclip"]
+        ref = s.info.vs_metaclip if s.info is not None else None
+        if ref is not None and not ref.is_empty() and s.method != "metaclip":
+            this, mc = ref.this, ref.metaclip
             lines.append(
-                f"  vs MetaCLIP's rule at the same size (cap {_fmt(ref['t_mc'])}): tail share "
-                f"{_fmt(this['tail_share'])} vs {_fmt(mc['tail_share'])}, entropy "
-                f"{_fmt(this['entropy_nats'])} vs {_fmt(mc['entropy_nats'])}, top-100 share "
-                f"{_fmt(this['top100_share'])} vs {_fmt(mc['top100_share'])}"
+                f"  vs MetaCLIP's rule at the same size (cap {_fmt(ref.t_mc)}): tail share "
+                f"{_fmt(this.tail_share)} vs {_fmt(mc.tail_share)}, entropy "
+                f"{_fmt(this.entropy_nats)} vs {_fmt(mc.entropy_nats)}, top-100 share "
+                f"{_fmt(this.top100_share)} vs {_fmt(mc.top100_share)}"
             )
-        if s.get("unmet_targets"):
-            lines.append(f"  unmet targets   {describe_unmet(s['unmet_targets'])}")
+        if s.unmet_targets:
+            lines.append(f"  unmet targets   {describe_unmet(s.unmet_targets)}")
         lines.append(f"  output          {result.output}")
         return "\n".join(lines)
 

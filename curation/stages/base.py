@@ -38,12 +38,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from curation import storage
 from curation.pipeline import BY_NAME, LINEAGE_ORDER, LINEAGE_WHAT, stage_info
+from curation.summaries import Record
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Record)
 
 INPUT = "input"
 OUTPUT = "output"
@@ -114,6 +117,10 @@ class StageResult:
     def report(self) -> str:
         """Lines for the console (see :meth:`Stage.describe`)."""
         return self.stage.describe(self)
+
+    def record(self, kind: type[R]) -> R:
+        """The summary as the typed record ``kind`` (:mod:`curation.summaries`)."""
+        return kind.from_json(self.summary)
 
     def __getattr__(self, name: str) -> Any:
         # Stage-specific results (a shard set's ``sizes`` and ``stats``) are in ``extra``.

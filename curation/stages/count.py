@@ -170,27 +170,24 @@ class CountStage(Stage):
         return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
-        log.info(
-            "count: %d samples, %d signatures -> %s",
-            summary["samples"],
-            summary["signatures"],
-            self.output,
-        )
+        s = CountSummary.from_json(summary)
+        log.info("count: %d samples, %d signatures -> %s", s.samples, s.signatures, self.output)
 
     @classmethod
     def describe(cls, result: StageResult) -> str:
-        s = result.summary
+        s = result.record(CountSummary)
         lines = [
-            f"count: {s['samples']:,} samples, {s['matched']:,} matched, "
-            f"{s['entries_observed']:,} of {s['entries']:,} entries observed, "
-            f"{s['signatures']:,} distinct signatures"
+            f"count: {s.samples:,} samples, {s.matched:,} matched, "
+            f"{s.entries_observed:,} of {s.entries:,} entries observed, "
+            f"{s.signatures:,} distinct signatures"
             + (" (up to date, skipped)" if result.skipped else ""),
             "  top entries:",
         ]
-        width = max((len(e["entry"]) for e in s["top_entries"][:10]), default=5)
-        for e in s["top_entries"][:10]:
-            lines.append(f"    {e['entry']:<{width}}  {e['count']:>10,}")
-        hist = ", ".join(f"{k}: {v:,}" for k, v in list(s["matches_per_sample"].items())[:8])
+        top = s.top_entries[:10]
+        width = max((len(e.entry) for e in top), default=5)
+        for e in top:
+            lines.append(f"    {e.entry:<{width}}  {e.count:>10,}")
+        hist = ", ".join(f"{k}: {v:,}" for k, v in list(s.matches_per_sample.items())[:8])
         lines.append(f"  matches per sample: {hist}")
         lines.append(f"  output     {result.output}")
         return "\n".join(lines)

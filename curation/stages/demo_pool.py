@@ -81,18 +81,14 @@ class DemoPoolStage(Stage):
         ).to_json()
 
     def log_done(self, summary: dict[str, Any]) -> None:
-        log.info(
-            "demo-pool: %d rows in %d files -> %s", summary["rows"], summary["files"], self.output
-        )
+        s = PoolSummary.from_json(summary)
+        log.info("demo-pool: %d rows in %d files -> %s", s.rows, s.files, self.output)
 
     @classmethod
     def describe(cls, result: StageResult) -> str:
-        s = result.summary
+        s = result.record(PoolSummary)
         skipped = " (up to date, skipped)" if result.skipped else ""
-        return (
-            f"demo-pool: {s['rows']:,} captions in {s['files']} Parquet files -> "
-            f"{s['output']}{skipped}"
-        )
+        return f"demo-pool: {s.rows:,} captions in {s.files} Parquet files -> {s.output}{skipped}"
 
 
 def write_demo_pool(config: DemoPoolConfig, force: bool = False) -> dict[str, Any]:

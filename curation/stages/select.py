@@ -249,26 +249,24 @@ class SelectStage(Stage):
         return summary.to_json()
 
     def log_done(self, summary: dict) -> None:
+        s = SelectSummary.from_json(summary)
         log.info(
-            "select: %d selected (expected %.1f) -> %s",
-            summary["selected"],
-            summary["expected_size"],
-            self.output,
+            "select: %d selected (expected %.1f) -> %s", s.selected, s.expected_size, self.output
         )
 
     @classmethod
     def describe(cls, result: StageResult) -> str:
-        s = result.summary
+        s = result.record(SelectSummary)
         return "\n".join(
             [
-                f"select: {s['selected']:,} samples selected (expected {s['expected_size']:,.1f}), "
-                f"{s['total_repeats']:,} with repeats, seed {s['seed']}"
+                f"select: {s.selected:,} samples selected (expected {s.expected_size:,.1f}), "
+                f"{s.total_repeats:,} with repeats, seed {s.seed}"
                 + (" (up to date, skipped)" if result.skipped else ""),
                 f"  selected   {storage.join(result.output, 'selected')}",
                 f"  subset     {storage.join(result.output, 'subset.npy')}",
             ]
-            + ([f"  WARNING    {s['warning']}"] if s.get("warning") else [])
-            + ([f"  WARNING    {s['warning']}"] if s.get("warning") else [])
+            + ([f"  WARNING    {s.warning}"] if s.warning else [])
+            + ([f"  WARNING    {s.warning}"] if s.warning else [])
         )
 
 

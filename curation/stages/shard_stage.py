@@ -19,6 +19,7 @@ from curation import storage
 from curation.shards import layout
 from curation.shards.plan import shard_name
 from curation.stages.base import Stage, StageResult, secret_field
+from curation.summaries import ShardStats
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,13 @@ class ShardSetStage(Stage):
         raise NotImplementedError
 
     def log_done(self, summary: dict[str, Any]) -> None:
+        s = ShardStats.from_json(summary)
         log.info(
             "%s: %d samples in %d shards (%.1f s) -> %s",
             self.name,
-            summary["written_samples"],
+            s.written_samples,
             len(self.sizes),
-            summary["seconds"],
+            s.seconds,
             self.output,
         )
 
@@ -100,21 +102,26 @@ class ShardSetStage(Stage):
 
     @classmethod
     def describe(cls, result: StageResult) -> str:
-        s, sizes = result.summary, result.sizes
+        s, sizes = result.record(ShardStats), result.sizes
         n = len(sizes)
         last = shard_name(n - 1, n) if n else "-"
         lines = [
             f"{cls.name}: {sum(sizes.values()):,} samples in {n} shard(s)"
             + (" (up to date, skipped)" if result.skipped else ""),
             f"  shards     {result.output}/{{{shard_name(0, n)}..{last}}}.tar",
-            f"  selected   {s.get('selected_uids', 0):,} uids, "
-            f"{s.get('selected_samples', 0):,} samples with repeats",
-            f"  missing    {s.get('missing_uids', 0):,} selected uids not in the output "
+            f"  selected   {_or(s.selected_uids, 0):,} uids, "
+            f"{_or(s.selected_samples, 0):,} samples with repeats",
+            f"  missing    {_or(s.missing_uids, 0):,} selected uids not in the output "
             f"(see {layout.REJECTS})",
-            f"  weights    renormalised by {s.get('weight_scale', 1.0):.6g}",
+            f"  weights    renormalised by {_or(s.weight_scale, 1.0):.6g}",
         ]
-        if "download" in s:
-            d = s["download"]
-            reasons = ", ".join(f"{k} {v}" for k, v in d["failures_by_reason"].items()) or "none"
-            lines.insert(1, f"  download   {d['successes']:,} of {d['urls']:,} urls ({reasons})")
+        if s.download is not None:
+            d = s.download
+            reasons = ", ".join(f"{k} {v}" for k, v in d.failures_by_reason.items()) or "none"
+            lines.insert(1, f"  download   {d.successes:,} of {d.urls:,} urls ({reasons})")
         return "\n".join(lines)
+
+
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when the summary does not have it."""
+    return default if value is None else value
