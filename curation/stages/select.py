@@ -266,7 +266,6 @@ class SelectStage(Stage):
                 f"  subset     {storage.join(result.output, 'subset.npy')}",
             ]
             + ([f"  WARNING    {s.warning}"] if s.warning else [])
-            + ([f"  WARNING    {s.warning}"] if s.warning else [])
         )
 
 
