@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from curation.balancing.rescoring import expected_by_level
 from curation.balancing.signatures import NULL_LEVEL
 from curation.report import aggregate
 from curation.report.run import StageOutput
+from tests.servers import s3_server  # noqa: F401
 
 
 def output(path) -> StageOutput:
@@ -137,3 +139,16 @@ def test_reading_the_signature_table_holds_a_batch_not_the_file(tmp_path):
     peak_small = peak_reading_signatures(output(small))
     peak_large = peak_reading_signatures(output(large))
     assert peak_large < peak_small + (1 << 20), (peak_small, peak_large, file_size)
+
+
+def test_the_signature_table_reads_the_same_from_s3(tmp_path, s3_server, monkeypatch):  # noqa: F811
+    local = tmp_path / "counts"
+    signature_file(local / "signatures", 10_000, seed=3)
+    fs = s3_server.fs()
+    fs.put(str(local / "signatures") + "/", "test/report/counts/signatures/", recursive=True)
+    opts = s3_server.options.storage_options()
+    monkeypatch.setitem(fsspec.config.conf, "s3", opts)
+    remote = StageOutput("counts", "s3://test/report/counts", "count", True, {"stage": "count"})
+    columns = ["entry_ids", "multiplicity"]
+    got = pa.Table.from_batches(list(aggregate._signature_batches(remote, columns)))
+    assert got.equals(pq.read_table(local / "signatures", columns=columns))
