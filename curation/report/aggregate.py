@@ -167,14 +167,17 @@ def _signature_batches(out: StageOutput, columns: Sequence[str]) -> Iterator[pa.
 
     ``pre_buffer=False``: with pre-buffering (PyArrow's default) the reader fetches the projected
     column chunks of every row group it will read up front and keeps them until the file is
-    done, so memory grows with the rows of a file (177 MiB for ``entry_ids`` of a 12M-row file)."""
+    done, so memory grows with the rows of a file (177 MiB for ``entry_ids`` of a 12M-row file).
+    Without it, the reader reads one column chunk at a time: a local file is opened by Arrow
+    itself, as each read through a Python file object costs a Python call."""
     import pyarrow.parquet as pq
 
     fs, files = _parquet_files(out.path("signatures"))
     if not files:
         raise ValueError(f"{out.path('signatures')}: no signature table")
+    local = _is_local(fs)
     for path in files:
-        with fs.open(path, "rb") as f:
+        with pa.OSFile(path) if local else fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f, pre_buffer=False)
             names = parquet.schema_arrow.names
             missing = [c for c in columns if c not in names]
