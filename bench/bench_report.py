@@ -1,6 +1,6 @@
 """Benchmark of the run report (``curate report``) on a large run: wall time and peak RSS.
 
-    python bench/bench_report.py --run RUN_DIR [--scale K] [--workdir DIR]
+    python bench/bench_report.py --run RUN_DIR [--scale K] [--copies-per-row-group G] [--workdir DIR]
 
 Not a test: it prints one line and writes ``<workdir>/results.json``; nothing is asserted.
 
@@ -10,7 +10,10 @@ table is replicated K times (the same rows, so the margins, the entries and each
 parameters still fit; every expected count is K times larger). The signature table is what the
 report reads row by row (the margin "after" table rescoring); the other tables it reads are
 bounded by the number of entries or margin levels. So memory should stay flat as K grows, and time
-grow linearly.
+grow linearly. By default each copy is a row group of its own (K row groups a file, far smaller
+than Spark's); a file's footer, which a Parquet reader holds while it reads the file, has one
+entry per row group, so at large K it adds a little per row. ``--copies-per-row-group G`` writes
+G copies to a row group (to ``<workdir>/run-xK-gG``).
 
 The report runs in this process; a ``/proc`` monitor (``bench/_monitor.py``) records its peak RSS.
 """
@@ -25,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 from bench._monitor import ProcessMonitor  # noqa: E402
 
 
-def scaled_copy(run: Path, scale: int, out: Path) -> Path:
-    """``run`` copied to ``out`` with each signature Parquet file's rows repeated ``scale`` times
-    (as ``scale`` row groups, so that no reader has to hold more than one copy at once)."""
+def scaled_copy(run: Path, scale: int, out: Path, per_group: int = 1) -> Path:
+    """``run`` copied to ``out`` with each signature Parquet file's rows repeated ``scale`` times,
+    ``per_group`` copies to a row group (``scale / per_group`` row groups: no reader has to hold
+    more than one row group at once; a file's footer holds one entry per row group)."""
     if (out / ".done").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -43,9 +48,13 @@ def scaled_copy(run: Path, scale: int, out: Path) -> Path:
     signatures = out / "counts" / "signatures"
     for path in sorted(signatures.glob("*.parquet")):
         table = pq.read_table(path)
+        group = pa.concat_tables([table] * per_group).combine_chunks()
         with pq.ParquetWriter(path.with_suffix(".tmp"), table.schema) as writer:
-            for _ in range(scale):
-                writer.write_table(table)
+            for _ in range(scale // per_group):
+                writer.write_table(group, row_group_size=group.num_rows)
+            if scale % per_group:
+                rest = pa.concat_tables([table] * (scale % per_group)).combine_chunks()
+                writer.write_table(rest, row_group_size=rest.num_rows)
         path.with_suffix(".tmp").replace(path)
     (out / ".done").touch()
     return out
@@ -55,6 +64,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a committed run directory")
     parser.add_argument("--scale", type=int, default=1, help="replicate the signature table K×")
+    parser.add_argument(
+        "--copies-per-row-group",
+        type=int,
+        default=1,
+        help="copies of a signature file's rows in each row group of the scaled copy (1: one "
+        "row group per copy, as many row groups as --scale; Spark writes row groups of ~128 MiB)",
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "report"))
     args = parser.parse_args()
 
@@ -62,9 +78,15 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     run = Path(args.run)
     if args.scale > 1:
-        run = scaled_copy(run, args.scale, work / f"run-x{args.scale}")
+        per_group = max(1, min(args.copies_per_row_group, args.scale))
+        name = f"run-x{args.scale}" + (f"-g{per_group}" if per_group > 1 else "")
+        run = scaled_copy(run, args.scale, work / name, per_group)
     signatures = run / "counts" / "signatures"
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in signatures.glob("*.parquet"))
+    rows = row_groups = 0
+    for path in signatures.glob("*.parquet"):  # one footer at a time: each holds every row group
+        footer = pq.read_metadata(path)
+        rows, row_groups = rows + footer.num_rows, row_groups + footer.num_row_groups
+    del footer
 
     from curation.report import build_report
 
@@ -80,6 +102,7 @@ def main() -> int:
     result = {
         "run": str(run),
         "signature_rows": rows,
+        "signature_row_groups": row_groups,
         "balance_runs": len(report.summary.get("balance", [])),
         "seconds": round(seconds, 2),
         "peak_rss_mib": max(driver.get("peak_rss_mib", 0), driver.get("peak_hwm_mib", 0)),
@@ -88,7 +111,8 @@ def main() -> int:
     }
     (work / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"report: {rows:,} signature rows, {result['balance_runs']} balance runs: "
+        f"report: {rows:,} signature rows ({row_groups:,} row groups), "
+        f"{result['balance_runs']} balance runs: "
         f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
         f"(others kept {processes['cpu']['others_share_of_machine']:.0%} of the machine busy)"
     )
