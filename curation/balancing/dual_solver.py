@@ -35,7 +35,8 @@ Memory across solves. The Hessian of F does not depend on τ, so the curvature p
 (Δz, Δ∇F) learnt while solving for one set of targets are exact for another: the cap search passes
 the :class:`QuasiNewtonMemory` of one solve to the next, and a warm-started solve begins with a
 quasi-Newton step toward the new targets instead of a gradient step. The memory is dropped (a
-restart) when the KKT error has reached no new best for ``_RESTART_PASSES`` passes: pairs learnt
+restart) in a full solve when the KKT error has reached no new best for ``_RESTART_PASSES`` passes
+(never in the cap search's rough solves, whose memory the next solve starts from): pairs learnt
 before rows crossed the kink of φ at η = 0, or for other targets, then no longer describe the
 curvature, and the iterates hover instead of converging.
 
@@ -310,9 +311,14 @@ class _BoxDualRun:
             if self.passes - last_progress >= patience:
                 return "stalled"
             self.it += 1
-            if self.passes - self.best_pass >= _RESTART_PASSES and self.memory.pairs:
+            if (
+                size_settle is None
+                and self.passes - self.best_pass >= _RESTART_PASSES
+                and self.memory.pairs
+            ):
                 # a restart: pairs gathered before rows crossed the kink (or for earlier targets)
-                # no longer describe the curvature here (docs/balancing.md, "Restarts")
+                # no longer describe the curvature here (docs/balancing.md, "Restarts"); never in
+                # the cap search's rough solves, whose memory the next solve starts from
                 self.memory.pairs.clear()
                 self.best_pass = self.passes
             step = self.step(max_passes)
