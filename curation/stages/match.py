@@ -51,7 +51,8 @@ from functools import partial
 from importlib.metadata import version as _package_version
 
 import pyarrow as pa
-from pyspark import SparkFiles
+import pyarrow.compute as pc
+from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, AtomicType, IntegerType, StructField, StructType
@@ -238,15 +239,33 @@ def ship_matcher(
     return name
 
 
-def _match_partition(batches, matcher_file: str, caption_index: int, lang_index: int | None = None):
-    """mapInArrow body: append ``entry_ids`` to every Arrow batch."""
+def _match_partition(
+    batches,
+    matcher_file: str,
+    caption_index: int,
+    lang_index: int | None = None,
+    reason_index: int | None = None,
+):
+    """mapInArrow body: append ``entry_ids`` to every Arrow batch.
+
+    With ``reason_index``, a row whose reject reason is set is not matched (its ``entry_ids`` is
+    empty): its caption may be null or not valid UTF-8, so it is masked out before decoding. The
+    caption may arrive as binary; it is matched as text (the usable rows are valid UTF-8).
+    """
     matcher = cached_matcher(SparkFiles.get(matcher_file))
     for batch in batches:
+        captions = batch.column(caption_index)
+        if reason_index is not None:
+            reasons = batch.column(reason_index)
+            if reasons.null_count < len(reasons):
+                captions = pc.if_else(pc.is_null(reasons), captions, pa.scalar(None, captions.type))
+        if not pa.types.is_string(captions.type):
+            captions = captions.cast(pa.string())
         if lang_index is None:
-            entry_ids = matcher.match_arrow(batch.column(caption_index))
+            entry_ids = matcher.match_arrow(captions)
         else:
             langs = batch.column(lang_index).cast(pa.string())
-            entry_ids = matcher.match_arrow(batch.column(caption_index), langs)
+            entry_ids = matcher.match_arrow(captions, langs)
         yield batch.append_column("entry_ids", entry_ids)
 
 
@@ -375,18 +394,21 @@ def prepare(
 
 
 def match_pool(df: DataFrame, matcher_file: str, lang_col: str = "") -> DataFrame:
-    """Run the matcher over the usable rows of ``df`` (caption as string) via ``mapInArrow``."""
-    df = df.withColumn("caption", F.col("caption").cast("string"))
+    """``df`` plus ``entry_ids``, matched by ``mapInArrow``. When ``df`` has the reject ``reason``
+    (:func:`prepare`), rows with a reason are passed through unmatched (empty ``entry_ids``), so
+    one pass over the pool serves the matched rows, the rejects and the counts."""
+    if "reason" not in df.columns:
+        df = df.withColumn("caption", F.col("caption").cast("string"))
     schema = StructType(
         [*df.schema.fields, StructField("entry_ids", ArrayType(IntegerType(), False), False)]
     )
-    caption_index = df.columns.index("caption")
     return df.mapInArrow(
         partial(
             _match_partition,
             matcher_file=matcher_file,
-            caption_index=caption_index,
+            caption_index=df.columns.index("caption"),
             lang_index=df.columns.index(lang_col) if lang_col else None,
+            reason_index=df.columns.index("reason") if "reason" in df.columns else None,
         ),
         schema,
     )
@@ -518,26 +540,16 @@ class MatchStage(Stage):
         prepared = prepare(
             df, roles.uid is not None, config.max_caption_chars, config.reject_replacement_char
         )
-        kept, duplicates = split_duplicate_uids(prepared.filter(F.col("reason").isNull()))
-        good = kept.drop("reason", "source_file")
         if config.partitions:
-            good = good.repartition(config.partitions)
-        matched = match_pool(good, matcher_file, lang_col)
-        if self.attributes is not None:
-            spec = self.attributes
-            attribute_file = ship_matcher(
-                spark, partial(AttributeMatcher, spec), "attr-" + attributes_fingerprint(spec)
-            )
-            matched = match_attributes(matched, attribute_file)
-        matched.write.parquet(storage.spark_url(storage.join(tmp, "pool")))
-        rejects = prepared.filter(F.col("reason").isNotNull())
-        if duplicates is not None:
-            rejects = rejects.unionByName(duplicates.withColumn("reason", F.lit("duplicate_uid")))
-        rejects = rejects.withColumn(
-            "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
-        )
-        rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
-        summary = summarize(spark, tmp, loaded.summary, roles, fmt, config)
+            prepared = prepared.repartition(config.partitions)
+        # One scan of the pool: every row goes through the matcher once (rejects unmatched) and the
+        # result is persisted; the duplicate check, the counts and both writes read the persisted
+        # rows, never the input again (docs/spark.md, "One scan of the pool").
+        matched = match_pool(prepared, matcher_file, lang_col).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            summary = self._write_outputs(tmp, prepared.columns, matched, roles, fmt)
+        finally:
+            matched.unpersist()
         if summary.input_rows == 0:
             raise storage.StageInputError(f"{config.input}: the pool is empty (0 rows)")
         summary.seconds = self.seconds()
@@ -548,6 +560,35 @@ class MatchStage(Stage):
             storage.write_json(storage.join(tmp, ATTRIBUTES_FILE), self.attributes.to_dict())
             summary.attributes = attribute_summary(spark, tmp, self.attributes)
         return summary.to_json()
+
+    def _write_outputs(
+        self, tmp: str, columns: list[str], matched: DataFrame, roles, fmt: str
+    ) -> MatchSummary:
+        """Write ``pool/`` and ``rejects/`` from the persisted ``matched`` rows and count them."""
+        usable = matched.filter(F.col("reason").isNull())
+        kept, duplicates = split_duplicate_uids(usable)  # the first job: it fills the cache
+        counts = count_rows(matched, duplicates)
+        good = [c for c in columns if c not in ("reason", "source_file")]
+        pool = kept.select(
+            *[F.col(c).cast("string").alias(c) if c == "caption" else c for c in good], "entry_ids"
+        )
+        if self.attributes is not None:
+            spec = self.attributes
+            attribute_file = ship_matcher(
+                self.spark, partial(AttributeMatcher, spec), "attr-" + attributes_fingerprint(spec)
+            )
+            pool = match_attributes(pool, attribute_file)
+        pool.write.parquet(storage.spark_url(storage.join(tmp, "pool")))
+        rejects = matched.filter(F.col("reason").isNotNull()).select(*columns)
+        if duplicates is not None:
+            rejects = rejects.unionByName(
+                duplicates.select(*columns).withColumn("reason", F.lit("duplicate_uid"))
+            )
+        rejects = rejects.withColumn(
+            "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
+        )
+        rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
+        return summarize(counts, self.loaded.summary, roles, fmt, self.config)
 
     def log_done(self, summary: dict) -> None:
         log.info(
@@ -589,28 +630,51 @@ def run_match(spark: SparkSession, config: MatchConfig, force: bool = False) -> 
     return MatchStage(config, spark).run(force)
 
 
+@dataclass
+class RowCounts:
+    """What the summary counts: pool rows per number of matches, pool captions holding U+FFFD,
+    and rejected rows per reason."""
+
+    per_k: dict[int, int]
+    replacement_char: int
+    by_reason: dict[str, int]
+
+
+def count_rows(matched: DataFrame, duplicates: DataFrame | None) -> RowCounts:
+    """Counts of the rows the stage writes, from the persisted ``matched`` rows (one aggregation
+    over them; rows of ``duplicates`` move from the pool's counts to ``duplicate_uid``)."""
+    replaced = F.instr(F.col("caption").cast("string"), "\ufffd") > 0
+    k = F.size("entry_ids").alias("k")
+
+    def grouped(df: DataFrame, *keys) -> list:
+        return (
+            df.groupBy(*keys)
+            .agg(F.count("*").alias("n"), F.count(F.when(replaced, 1)).alias("fffd"))
+            .collect()
+        )
+
+    per_k: dict[int, int] = {}
+    by_reason: dict[str, int] = {}
+    fffd = 0
+    for r in grouped(matched, "reason", k):
+        if r["reason"] is None:
+            per_k[int(r["k"])] = per_k.get(int(r["k"]), 0) + int(r["n"])
+            fffd += int(r["fffd"])
+        else:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + int(r["n"])
+    if duplicates is not None:
+        for r in grouped(duplicates, k):
+            per_k[int(r["k"])] -= int(r["n"])
+            fffd -= int(r["fffd"])
+            by_reason["duplicate_uid"] = by_reason.get("duplicate_uid", 0) + int(r["n"])
+    return RowCounts({k: n for k, n in per_k.items() if n}, fffd, by_reason)
+
+
 def summarize(
-    spark: SparkSession,
-    directory: str,
-    metadata_summary: dict,
-    roles,
-    fmt: str,
-    config: MatchConfig,
+    counts: RowCounts, metadata_summary: dict, roles, fmt: str, config: MatchConfig
 ) -> MatchSummary:
-    """Counts read back from the committed Parquet (cheap: two narrow scans)."""
-    pool = spark.read.parquet(storage.spark_url(storage.join(directory, "pool")))
-    rejects = spark.read.parquet(storage.spark_url(storage.join(directory, "rejects")))
-    replaced = F.instr(F.col("caption"), "\ufffd") > 0
-    rows = (
-        pool.groupBy(F.size("entry_ids").alias("k"))
-        .agg(F.count("*").alias("n"), F.count(F.when(replaced, 1)).alias("fffd"))
-        .collect()
-    )
-    per_k = {int(r["k"]): int(r["n"]) for r in rows}
-    by_reason = {
-        r["reason"]: int(r["n"])
-        for r in rejects.groupBy("reason").agg(F.count("*").alias("n")).collect()
-    }
+    """The stage's summary from the counts of the rows it wrote."""
+    per_k, by_reason = counts.per_k, counts.by_reason
     usable = sum(per_k.values())
     rejected = sum(by_reason.values())
     reasons = REJECT_REASONS + (JSONL_REJECT_REASONS if fmt == "jsonl" else ())
@@ -630,7 +694,7 @@ def summarize(
         rejects_by_reason={reason: by_reason.get(reason, 0) for reason in reasons},
         matches_per_sample={str(k): per_k[k] for k in sorted(per_k)},
         total_matches=sum(k * n for k, n in per_k.items()),
-        replacement_char_captions=sum(int(r["fffd"]) for r in rows),
+        replacement_char_captions=counts.replacement_char,
     )
 
 
