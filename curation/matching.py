@@ -95,17 +95,22 @@ class KeyTable:
             first = key_ids.setdefault(key, entry_id)
             if first != entry_id:
                 merges.setdefault(first, []).append(entry_id)
-        if merges:
-            shown = ", ".join(
-                f"{entries[k]!r} <- {[entries[m] for m in v]}" for k, v in list(merges.items())[:10]
-            )
-            log.warning(
-                "case folding merged %d entries into %d (first id kept): %s",
-                sum(len(v) for v in merges.values()),
-                len(merges),
-                shown,
-            )
+        log_merges(entries, merges)
         return cls(key_ids, casefold, merges)
+
+
+def log_merges(entries: Sequence[str], merges: dict[int, list[int]]) -> None:
+    """Warn about the entries case folding merged (``merges``: first id -> the ids merged into it)."""
+    if merges:
+        shown = ", ".join(
+            f"{entries[k]!r} <- {[entries[m] for m in v]}" for k, v in list(merges.items())[:10]
+        )
+        log.warning(
+            "case folding merged %d entries into %d (first id kept): %s",
+            sum(len(v) for v in merges.values()),
+            len(merges),
+            shown,
+        )
 
 
 class Matcher:

@@ -29,10 +29,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.storage import join, read_bytes, url_to_fs
 
@@ -49,11 +55,13 @@ DEFAULT_METADATA = str(Path(__file__).resolve().parents[1] / "metadata" / "defau
 
 def entries_fingerprint(entries: Sequence[str]) -> str:
     """A content hash of a list (its entries in order): the same list at two paths, or written
-    twice, has one fingerprint; any change of an entry or of an id changes it."""
-    digest = hashlib.sha256()
-    for entry in entries:
-        digest.update(json.dumps(entry).encode() + b"\n")  # escaped: no entry spans two lines
-    return digest.hexdigest()[:32]
+    twice, has one fingerprint; any change of an entry or of an id changes it.
+
+    The SHA-256 of ``json.dumps(entry) + "\\n"`` for every entry in order (escaped: no entry spans
+    two lines); ``encode_basestring_ascii`` is what ``json.dumps`` calls for a string, without its
+    per-call overhead (a 500k-entry list: 0.04 s instead of 0.2–0.9 s)."""
+    text = "".join(f"{_json_string(entry)}\n" for entry in entries)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class MetadataError(ValueError):
@@ -63,6 +71,13 @@ class MetadataError(ValueError):
 def is_edge_char(ch: str) -> bool:
     """White space, or an invisible format character (category Cf: ZWSP, ZWJ, BOM, soft hyphen)."""
     return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
+# Fast paths of the checks (the same verdicts, in C): a letter or digit (``[^\W_]``: str.isalnum()
+# characters, none of which is punctuation or white space) rules out an all-punctuation entry; an
+# entry holding a character MetaCLIP's spacing splits off or turns into a space never matches.
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+_NEVER_MATCHES = re.compile("[" + re.escape(WRAPPED_PUNCTUATION + SPACED_CONTROLS) + "]")
 
 
 def strip_edges(entry: str) -> str:
@@ -137,12 +152,24 @@ def check_entries(
 
     Raises :class:`MetadataError` naming ``source`` and the 1-based line of the first bad entry.
     """
+    clean = _check_clean_list(entries, source)
+    if clean is not None:
+        return clean
     out: list[str] = []
     first_line: dict[str, int] = {}
     dropped: list[tuple[int, str]] = []
     duplicates: list[str] = []
     padded: list[tuple[int, str]] = []
     punctuation: list[tuple[int, str]] = []
+    edge_chars: dict[str, bool] = {}  # a list's first and last characters repeat: memoised
+
+    def edge(ch: str) -> bool:
+        found = edge_chars.get(ch)
+        if found is None:
+            found = edge_chars[ch] = is_edge_char(ch)
+        return found
+
+    has_letter_or_digit = _LETTER_OR_DIGIT.search
     for index, entry in enumerate(entries):
         line = index + 1
         if not isinstance(entry, str):
@@ -150,7 +177,8 @@ def check_entries(
                 f"{source}: line {line}: entry {entry!r} is a {type(entry).__name__}, "
                 "not a string; a metadata list holds strings only"
             )
-        stripped = strip_edges(entry)
+        padded_edge = not entry or edge(entry[0]) or edge(entry[-1])
+        stripped = strip_edges(entry) if padded_edge else entry
         if stripped == "":
             raise MetadataError(
                 f"{source}: line {line}: empty entry {entry!r}; remove the line "
@@ -159,7 +187,7 @@ def check_entries(
         if stripped != entry:
             padded.append((line, entry))
             entry = stripped if strip else entry
-        if is_all_punctuation(entry):
+        if not has_letter_or_digit(entry) and is_all_punctuation(entry):
             punctuation.append((line, entry))
         if entry in first_line:
             if drop_duplicates:
@@ -178,15 +206,48 @@ def check_entries(
         )
     if padded:
         _warn_padded(source, padded, strip)
-    unmatchable = [
-        (j, e)
-        for j, e in enumerate(out)
-        if any(ch in WRAPPED_PUNCTUATION or ch in SPACED_CONTROLS for ch in e)
-    ]
+    never_matches = _NEVER_MATCHES.search
+    unmatchable = [(j, e) for j, e in enumerate(out) if never_matches(e)]
     _log_kept_and_dropped(source, punctuation, dropped, unmatchable)
     return MetadataList(
         out, source, dropped, unmatchable, padded, strip and bool(padded), punctuation
     )
+
+
+def _check_clean_list(entries: Sequence[object], source: str) -> MetadataList | None:
+    """:func:`check_entries` for the common list, checked in bulk with Arrow kernels (a
+    500k-entry list: ~0.1 s instead of ~1 s); ``None`` when the list is not plain (an entry that is
+    not a string, empty, padded at either end, or a duplicate), for the entry-by-entry checks.
+
+    The verdicts are the same: an entry with a letter or digit (RE2 ``[\\pL\\pN]``, a superset
+    of ``str.isalnum()`` holding no punctuation or white space) is not all punctuation, the others
+    go through :func:`is_all_punctuation`."""
+    try:
+        arr = pa.array(entries, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if arr.null_count:
+        return None
+    ends = pc.unique(
+        pa.concat_arrays([pc.utf8_slice_codeunits(arr, 0, 1), pc.utf8_slice_codeunits(arr, -1)])
+    )
+    if any(not ch or is_edge_char(ch) for ch in ends.to_pylist()):
+        return None
+    if len(pc.unique(arr)) != len(arr):
+        return None
+    out = arr.to_pylist()
+    maybe_punctuation = pc.invert(pc.match_substring_regex(arr, r"[\pL\pN]"))
+    punctuation = [
+        (j + 1, out[j])
+        for j in np.flatnonzero(maybe_punctuation.to_numpy(zero_copy_only=False)).tolist()
+        if is_all_punctuation(out[j])
+    ]
+    never = pc.match_substring_regex(arr, _NEVER_MATCHES.pattern)
+    unmatchable = [
+        (j, out[j]) for j in np.flatnonzero(never.to_numpy(zero_copy_only=False)).tolist()
+    ]
+    _log_kept_and_dropped(source, punctuation, [], unmatchable)
+    return MetadataList(out, source, [], unmatchable, [], False, punctuation)
 
 
 def _log_kept_and_dropped(

@@ -222,3 +222,31 @@ def test_the_matcher_cache_loads_a_pickle_once_and_keeps_one(tmp_path):
     assert is_matcher_cached(paths[1]) and not is_matcher_cached(paths[0])
     clear_matcher_cache()
     assert not is_matcher_cached(paths[1])
+
+
+def test_casefold_merges_are_reported_from_the_cache_without_rebuilding(
+    tmp_path, monkeypatch, caplog
+):
+    """The driver reports case-folding merges on every run; the second run reads them from the
+    matcher cache instead of building the key table of the whole list again."""
+    import curation.stages.match as stage
+
+    monkeypatch.setenv("CURATION_CACHE", str(tmp_path))
+    entries = ["Gas", "cat", "gas", "GAS"]
+    with caplog.at_level("WARNING"):
+        stage.report_casefold_merges(entries)
+    first = [r.getMessage() for r in caplog.records if "case folding merged" in r.getMessage()]
+    assert first == [
+        "case folding merged 2 entries into 1 (first id kept): 'Gas' <- ['gas', 'GAS']"
+    ]
+    assert len(list((tmp_path / "matchers").glob("merges-*.json"))) == 1
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the key table was built again")
+
+    monkeypatch.setattr(stage.KeyTable, "build", no_build)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        stage.report_casefold_merges(entries)
+    again = [r.getMessage() for r in caplog.records if "case folding merged" in r.getMessage()]
+    assert again == first

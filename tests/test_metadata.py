@@ -90,3 +90,26 @@ def test_unmatchable_entries_are_kept_and_reported():
 def test_missing_file(tmp_path):
     with pytest.raises(MetadataError, match="not found"):
         load_metadata(str(tmp_path / "nope.json"))
+
+
+def test_bulk_check_of_a_clean_list_finds_what_the_entry_by_entry_check_finds(monkeypatch):
+    """A plain list is checked with Arrow kernels; a list the bulk check declines goes entry by
+    entry. Both must report the same entries, punctuation and unmatchable entries."""
+    import random
+
+    import curation.metadata as metadata
+
+    rng = random.Random(5)
+    odd = [",", ".", ";", ":", "?", "!", "`", "\t", "\n", "\r", "-", "_", "…", "·", "$", "+", "é",
+           "5", "²", "Ⅻ", "猫", "\u00a0", "\u200b", "a", "B", " "]  # fmt: skip
+    entries = {"".join(rng.choice(odd) for _ in range(rng.randint(1, 4))) for _ in range(4000)}
+    entries = sorted(e for e in entries if metadata.strip_edges(e) == e)  # no padded entries
+    assert any("\t" in e for e in entries) and any("\n" in e for e in entries)
+    bulk = check_entries(entries, "x.json")
+    monkeypatch.setattr(metadata, "_check_clean_list", lambda entries, source: None)
+    one_by_one = check_entries(entries, "x.json")
+    assert bulk == one_by_one
+    assert bulk.punctuation and bulk.unmatchable
+    assert metadata._check_clean_list([*entries, entries[0]], "x") is None  # a duplicate
+    assert metadata._check_clean_list(["cat", " dog"], "x") is None  # padded
+    assert metadata._check_clean_list(["cat", 3], "x") is None  # not a string

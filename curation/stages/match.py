@@ -40,6 +40,7 @@ language has no list matches nothing (it is counted as unmatched).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -66,7 +67,7 @@ from curation.attributes import (
     AttributeSpec,
     load_spec,
 )
-from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher
+from curation.matching import KeyTable, LanguageMatcher, Matcher, cached_matcher, log_merges
 from curation.metadata import (
     DEFAULT_METADATA,
     entries_fingerprint,
@@ -237,6 +238,28 @@ def ship_matcher(
         os.replace(tmp, path)
     spark.sparkContext.addFile(path)
     return name
+
+
+def report_casefold_merges(entries: list[str]) -> None:
+    """Warn about the entries case folding merges, on every run, also when the matcher is cached.
+
+    The merges are kept next to the cached matchers (``merges-<fingerprint>.json``, keyed like
+    the pickle on the entries, the option and the versions), so a run whose matcher is cached
+    does not build the key table of the whole list on the driver again just to report them."""
+    directory = matcher_cache_dir()
+    path = os.path.join(directory, f"merges-{metadata_fingerprint(entries, True)}.json")
+    if os.path.exists(path) and _private(path):
+        with open(path) as f:
+            merges = {int(k): v for k, v in json.load(f).items()}
+        log_merges(entries, merges)
+        return
+    merges = KeyTable.build(entries, casefold=True).merges  # logs them
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if _private(directory):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(merges, f)
+        os.replace(tmp, path)
 
 
 def _match_partition(
@@ -433,7 +456,7 @@ def load_matcher(config: MatchConfig) -> LoadedMetadata:
             strip=config.strip_entries,
         )
         if config.casefold:
-            KeyTable.build(metadata.entries, casefold=True)  # reports merges, even when cached
+            report_casefold_merges(metadata.entries)
         return LoadedMetadata(
             metadata.entries,
             partial(Matcher, metadata.entries, casefold=config.casefold),
@@ -700,8 +723,6 @@ def summarize(
 
 def attributes_fingerprint(spec: AttributeSpec) -> str:
     """Identifies an attribute matcher: the resolved spec and the versions that shape it."""
-    import json
-
     payload = json.dumps({k: v for k, v in spec.to_dict().items() if k != "source"}, sort_keys=True)
     return metadata_fingerprint([payload], spec.casefold)
 
