@@ -13,7 +13,7 @@ STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 export PYSPARK_PYTHON := $(abspath $(PY))
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: install lock test-latest demo run test test-cluster lint format metadata demo-pool match count balance select download reshard report bench-match bench-balance bench-shards clean-demo
+.PHONY: install lock test-latest demo run test test-cluster lint format metadata demo-pool match count balance select download reshard report bench-match bench-scale bench-balance bench-shards clean-demo
 
 # The lock: every package pinned, for the supported Python (3.11). `make install`, `make test`
 # and CI install exactly these versions; pyproject.toml keeps ranges for people who install the
@@ -118,6 +118,11 @@ bench-balance: install
 
 bench-match: install
 	$(PY) bench/bench_match.py $(ARGS)
+
+# match -> count -> balance (rake, 30 % of matched) -> select on 1M, 2M and 4M captions (~1 h on 2
+# cores); ARGS="--sizes 0.25M,0.5M,1M" for a smaller run.
+bench-scale: install
+	$(PY) bench/bench_scale.py $(ARGS)
 
 clean-demo:
 	rm -rf $(RUN)
