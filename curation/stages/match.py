@@ -373,9 +373,17 @@ def split_duplicate_uids(usable: DataFrame) -> tuple[DataFrame, DataFrame | None
     """``(kept, extra copies)``: one row per uid kept, the others returned to be rejected.
 
     The kept copy is the first in (source_file, url, caption, hash of the other scalar columns)
-    order (see the module docstring). The common case, unique uids, costs one aggregation of the
-    uid column; only rows whose uid repeats are ranked.
+    order (see the module docstring). The common case, unique uids, costs one aggregation of a
+    64-bit hash of the uid (no hash repeats, so no uid repeats; cheaper to group and shuffle than
+    the strings); only when a hash repeats are the uids grouped, and only repeated uids ranked.
     """
+    repeated_hash = (
+        usable.groupBy(F.xxhash64("uid").alias("_h"))
+        .agg(F.count(F.lit(1)).alias("_copies"))
+        .filter(F.col("_copies") > 1)
+    )
+    if repeated_hash.isEmpty():
+        return usable, None
     repeated = (
         usable.groupBy("uid")
         .agg(F.count(F.lit(1)).alias("_copies"))
