@@ -36,7 +36,67 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "codec zstd": ({"spark.sql.parquet.compression.codec": "zstd"}, {}),
     "codec lz4_raw": ({"spark.sql.parquet.compression.codec": "lz4_raw"}, {}),
     "codec uncompressed": ({"spark.sql.parquet.compression.codec": "uncompressed"}, {}),
+    "two scans (the stage before issue 17)": ({}, {}),
 }
+TWO_SCANS = "two scans (the stage before issue 17)"
+
+
+def two_scan_stage():
+    """The stage as it was before issue 17 (for an A/B in one session): a duplicate check over
+    the input, the pool written from a second scan, the rejects from a third, and the summary
+    counts read back from the written Parquet."""
+    from pyspark.sql import functions as F
+
+    from curation import storage
+    from curation.stages import match as m
+
+    class TwoScanMatchStage(m.MatchStage):
+        def _write_outputs(self, tmp, columns, matched, roles, fmt):
+            prepared = matched.select(*columns)  # not used: the input is scanned again below
+            del prepared
+            config, spark = self.config, self.spark
+            df, roles, fmt = m.read_pool(spark, config.input)
+            prepared = m.prepare(df, roles.uid is not None, config.max_caption_chars)
+            kept, duplicates = m.split_duplicate_uids(prepared.filter(F.col("reason").isNull()))
+            good = kept.drop("reason", "source_file")
+            m.match_pool(good, self._matcher_file).write.parquet(
+                storage.spark_url(storage.join(tmp, "pool"))
+            )
+            rejects = prepared.filter(F.col("reason").isNotNull())
+            if duplicates is not None:
+                rejects = rejects.unionByName(
+                    duplicates.withColumn("reason", F.lit("duplicate_uid"))
+                )
+            rejects = rejects.withColumn(
+                "caption", F.call_function("make_valid_utf8", F.col("caption").cast("binary"))
+            )
+            rejects.write.parquet(storage.spark_url(storage.join(tmp, "rejects")))
+            pool = spark.read.parquet(storage.spark_url(storage.join(tmp, "pool")))
+            back = spark.read.parquet(storage.spark_url(storage.join(tmp, "rejects")))
+            replaced = F.instr(F.col("caption"), "\ufffd") > 0
+            rows = (
+                pool.groupBy(F.size("entry_ids").alias("k"))
+                .agg(F.count("*").alias("n"), F.count(F.when(replaced, 1)).alias("fffd"))
+                .collect()
+            )
+            by_reason = {
+                r["reason"]: int(r["n"])
+                for r in back.groupBy("reason").agg(F.count("*").alias("n")).collect()
+            }
+            counts = m.RowCounts(
+                {int(r["k"]): int(r["n"]) for r in rows},
+                sum(int(r["fffd"]) for r in rows),
+                by_reason,
+            )
+            return m.summarize(counts, self.loaded.summary, roles, fmt, config)
+
+    return TwoScanMatchStage
+
+
+def shipped_matcher(spark) -> str:
+    """The name of the matcher pickle registered with this session (by the warm-up run)."""
+    names = [os.path.basename(f) for f in spark.sparkContext.listFiles]
+    return next(n for n in names if n.startswith("matcher-") and not n.startswith("matcher-attr"))
 
 
 def directory_mib(path: Path) -> float:
@@ -53,13 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--row-group", type=int, default=50_000)
     parser.add_argument("--variants", default="", help="comma-separated subset of the names")
+    parser.add_argument(
+        "--sequence",
+        default="",
+        help="run exactly these variants in this order (name prefixes, comma separated; e.g. "
+        "'baseline,two scans,baseline,two scans' for an interleaved A/B)",
+    )
     args = parser.parse_args(argv)
     names = list(VARIANTS)
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(",")]
         names = [n for n in names if any(n.startswith(w) for w in wanted)]
     baseline = next(iter(VARIANTS))
-    names = [baseline, *[n for n in names if n != baseline], baseline]
+    others = sorted((n for n in names if n != baseline), key=lambda n: n != TWO_SCANS)
+    names = [baseline, *others, baseline]
+    if args.sequence:
+        names = [
+            next(n for n in VARIANTS if n.startswith(w.strip())) for w in args.sequence.split(",")
+        ]
 
     data = ensure_data(args)
     from curation.spark import SparkConfig, get_spark
@@ -89,7 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 monitor.begin()
                 t = time.perf_counter()
-                run_match(spark, config, force=True)
+                if name == TWO_SCANS:
+                    stage = two_scan_stage()(config, spark)
+                    # the matcher file the stage ships, for the second scan's match_pool
+                    stage._matcher_file = shipped_matcher(spark)
+                    # compute() persists nothing that is read: the base class' mapInArrow result
+                    # is never evaluated (its only reader is replaced above)
+                    stage.run(True)
+                else:
+                    run_match(spark, config, force=True)
                 wall = time.perf_counter() - t
                 m = monitor.end()
             finally:
