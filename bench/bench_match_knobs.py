@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "codec lz4_raw": ({"spark.sql.parquet.compression.codec": "lz4_raw"}, {}),
     "codec uncompressed": ({"spark.sql.parquet.compression.codec": "uncompressed"}, {}),
     "two scans (the stage before issue 17)": ({}, {}),
+    "cache uncompressed": ({"spark.sql.inMemoryColumnarStorage.compressed": "false"}, {}),
 }
 TWO_SCANS = "two scans (the stage before issue 17)"
 

@@ -111,10 +111,9 @@ def run_pipeline(
             "seconds": round(wall, 2),
             "cpu_seconds": {k: v["cpu_seconds"] for k, v in sorted(kinds.items())},
             "cpu_total": round(sum(v["cpu_seconds"] for v in kinds.values()), 2),
-            "peak_rss_mib": {
-                k: round(max(v["peak_rss_mib"], v["peak_hwm_mib"]))
-                for k, v in sorted(kinds.items())
-            },
+            # sampled VmRSS (every 0.2 s), not VmHWM: the driver, the JVM and reused workers live
+            # through every stage, and VmHWM is a process's high-water mark since it started
+            "peak_rss_mib": {k: round(v["peak_rss_mib"]) for k, v in sorted(kinds.items())},
             "workers": kinds.get("worker", {}).get("processes", 0),
             "others_share_of_machine": m["cpu"]["others_share_of_machine"],
             "monitor_cpu_seconds": m["monitor_cpu_seconds"],
