@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,20 @@ class SparkMomentOperator:
         fan_in: int = DEFAULT_FAN_IN,
         base: ScoreParams | None = None,
     ) -> None:
+        chunk = functools.partial(_chunks, layout=layout, utility_col=utility_col, base=base)
+        self._cache_blocks(spark, frame, chunk, layout.size, num_partitions, fan_in)
+
+    def _cache_blocks(
+        self,
+        spark: Any,
+        frame: Any,
+        chunk: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+        n_base: int,
+        num_partitions: int | None,
+        fan_in: int,
+    ) -> None:
+        """The frame's rows as pickled blocks (``chunk`` builds them per Arrow batch), assembled
+        per partition and persisted: every pass reads these, never the frame again."""
         from pyspark import StorageLevel
 
         self.sc = spark.sparkContext
@@ -90,25 +104,27 @@ class SparkMomentOperator:
         self.passes = 0
         if num_partitions:
             frame = frame.repartition(int(num_partitions))
-        chunks = frame.mapInArrow(
-            functools.partial(_chunks, layout=layout, utility_col=utility_col, base=base),
-            "seq int, payload binary",
-        )
-        n_base = layout.size
+        chunks = frame.mapInArrow(chunk, "seq int, payload binary")
         self.blocks = chunks.rdd.mapPartitionsWithIndex(
             lambda pid, rows: _assemble(pid, rows, n_base)
         ).persist(StorageLevel.MEMORY_AND_DISK)
         self.num_partitions = self.blocks.getNumPartitions()
 
-    def run(self, mu: np.ndarray | None, nu: float) -> dict[str, Any]:
+    def _pass(self, value: Any, kernel: Callable[..., Iterator[tuple[int, dict]]]) -> dict:
+        """One pass: ``value`` broadcast (None: none), ``kernel(blocks, handle)`` per partition,
+        the partials merged in partition order."""
         self.passes += 1
-        handle = None if mu is None else self.sc.broadcast(np.asarray(mu, np.float64))
+        handle = None if value is None else self.sc.broadcast(value)
         try:
-            parts = self.blocks.mapPartitions(functools.partial(_run, mu=handle, nu=float(nu)))
+            parts = self.blocks.mapPartitions(lambda blocks: kernel(blocks, handle))
             return finalize(reduce_partials(parts, self.fan_in))
         finally:
             if handle is not None:
                 handle.destroy()
+
+    def run(self, mu: np.ndarray | None, nu: float) -> dict[str, Any]:
+        value = None if mu is None else np.asarray(mu, np.float64)
+        return self._pass(value, functools.partial(_run, nu=float(nu)))
 
     def unpersist(self) -> None:
         self.blocks.unpersist()
@@ -145,30 +161,11 @@ class SparkJointOperator(SparkMomentOperator):
         num_partitions: int | None = None,
         fan_in: int = DEFAULT_FAN_IN,
     ) -> None:
-        from pyspark import StorageLevel
-
-        self.sc = spark.sparkContext
-        self.fan_in = fan_in
-        self.passes = 0
-        if num_partitions:
-            frame = frame.repartition(int(num_partitions))
-        chunks = frame.mapInArrow(
-            functools.partial(_joint_chunks, layout=layout, base=base), "seq int, payload binary"
-        )
-        self.blocks = chunks.rdd.mapPartitionsWithIndex(
-            lambda pid, rows: _assemble(pid, rows, layout.size)
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        self.num_partitions = self.blocks.getNumPartitions()
+        chunk = functools.partial(_joint_chunks, layout=layout, base=base)
+        self._cache_blocks(spark, frame, chunk, layout.size, num_partitions, fan_in)
 
     def run(
         self, lam: np.ndarray | None, nu: float = 0.0, mu: np.ndarray | None = None
     ) -> dict[str, Any]:
-        self.passes += 1
         value = None if lam is None else (np.asarray(lam), float(nu), np.asarray(mu))
-        handle = None if value is None else self.sc.broadcast(value)
-        try:
-            parts = self.blocks.mapPartitions(functools.partial(_run_joint, params=handle))
-            return finalize(reduce_partials(parts, self.fan_in))
-        finally:
-            if handle is not None:
-                handle.destroy()
+        return self._pass(value, _run_joint)
