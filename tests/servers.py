@@ -174,7 +174,10 @@ def s3_server() -> Iterator[S3Server]:
     endpoint = f"http://{host}:{port}"
     options = S3Options(endpoint_url=endpoint, key="testing", secret="testing", retries=3)
     state = S3Server(endpoint, options)
-    state.fs().mkdir("test")
+    # moto keeps its buckets per process, not per server: a test module that imports this fixture
+    # gets its own server, which already sees the bucket another module's server made
+    if not state.fs().exists("test"):
+        state.fs().mkdir("test")
     try:
         yield state
     finally:
