@@ -52,13 +52,14 @@ from .m4 import (
     MAX_ROUNDS,
     M4Result,
     MomentLayout,
+    achieved_shares,
     base_features,
     base_params,
     bias_from_sums,
+    bounds_met,
     build_constraints,
     constrained_labels,
     entropy_facts,
-    group_shares,
     infeasible_constraints,
     target_shares,
     with_multiplicity,
@@ -432,19 +433,11 @@ def _rounds(
         x, out, solved = solve_joint_dual(op, prob, v, v.join(lam, nu, kappa), tol_b, history)
         lam, nu, kappa = v.split(x)
         after = bias_from_sums(spec, layout, out["feat"], labels)
-        ok = all(
-            after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
-            and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
-            for a in spec.attributes
-        )
-        if ok or rounds == MAX_ROUNDS or op.passes >= prob.max_passes:
+        if bounds_met(spec, after) or rounds == MAX_ROUNDS or op.passes >= prob.max_passes:
             break
         if not np.any(kappa >= prob.bias_bound * (1 - 1e-9)):  # not at the box: feasible
             safety = _tightened(safety, spec, after, rounds)
-        shares = [
-            np.clip(np.nan_to_num(group_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
-            for a in range(len(spec.attributes))
-        ]
+        shares = achieved_shares(spec, layout, out["feat"])
     return rounds, T, what, lam, nu, kappa, out, after, solved
 
 
@@ -507,12 +500,7 @@ def joint_solve(
     )
     values = (T @ out["feat"]) / prob.target_size
     infeasible = infeasible_constraints(spec, what, values, kappa, prob.bias_bound, before, after)
-    bias_ok = all(
-        after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
-        and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
-        for a in spec.attributes
-    )
-    status = "converged" if bias_ok else ("infeasible" if infeasible else "unmet")
+    status = "converged" if bounds_met(spec, after) else ("infeasible" if infeasible else "unmet")
     if callback is not None:
         callback(op.passes)
     return JointResult(

@@ -532,6 +532,25 @@ def entropy_facts(pool: dict[str, Any], out: dict[str, Any], n_eligible: float) 
     }
 
 
+def bounds_met(spec: AttributeSpec, after: dict[str, Any]) -> bool:
+    """Every attribute's RB ≤ ε_representation and AB ≤ ε_association (to 1e-6 relative: the
+    solver meets its constraints to a tolerance, not exactly)."""
+    return all(
+        after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
+        and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
+        for a in spec.attributes
+    )
+
+
+def achieved_shares(spec: AttributeSpec, layout: MomentLayout, feat: np.ndarray) -> list:
+    """The group shares p̂ of each attribute at a solution (from its feature sums), where the
+    next round re-linearises AB; kept inside (0, 1) (0.5 where the attribute is absent)."""
+    return [
+        np.clip(np.nan_to_num(group_shares(feat, layout, a), nan=0.5), 1e-6, 1 - 1e-6)
+        for a in range(len(spec.attributes))
+    ]
+
+
 def _linearised_rounds(
     op: MemoryMomentOperator,
     spec: AttributeSpec,
@@ -559,17 +578,10 @@ def _linearised_rounds(
         lam, nu = x[1:], float(x[0])
         out = op.run(T.T @ lam, nu)
         after = bias_from_sums(spec, layout, out["feat"], labels)
-        ok = all(
-            after[a.name]["rb"] <= spec.epsilon_representation * (1 + 1e-6)
-            and after[a.name]["ab"] <= spec.epsilon_association * (1 + 1e-6)
-            for a in spec.attributes
-        )
+        ok = bounds_met(spec, after)
         if ok or rounds == MAX_ROUNDS:
             break
-        shares = [
-            np.clip(np.nan_to_num(group_shares(out["feat"], layout, a), nan=0.5), 1e-6, 1 - 1e-6)
-            for a in range(len(spec.attributes))
-        ]
+        shares = achieved_shares(spec, layout, out["feat"])
         if callback is not None:
             callback(op.passes)
     return rounds, T, what, lam, nu, out, after, ok
