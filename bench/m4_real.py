@@ -24,7 +24,6 @@ import gzip
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
 from conftest import SHARED_DATA, load_real_captions  # noqa: E402
+from m4_pool import pattern_table  # noqa: E402
 
 from curation.attributes import AttributeMatcher, load_spec  # noqa: E402
 from curation.balancing import SignatureTable, rake  # noqa: E402
@@ -63,31 +63,6 @@ def caption_sets() -> dict[str, list[str]]:
         with gzip.open(f30k, "rt", encoding="utf-8") as f:
             sets["flickr30k"] = f.read().splitlines()
     return sets
-
-
-def pattern_table(captions: list[str], entries: Matcher, attrs: AttributeMatcher) -> pa.Table:
-    """Matched captions grouped by (entry ids, groups, labels): the signature table of ``count``
-    after ``match --attributes``, matched rows only (what ``balance --method m4`` solves)."""
-    ids = entries.match_many(captions).to_pylist()
-    matched = [(c, e) for c, e in zip(captions, ids) if e]
-    groups, labels = attrs.match_many([c for c, _ in matched])
-    keys = Counter(
-        zip(
-            (tuple(e) for _, e in matched),
-            map(tuple, groups.to_pylist()),
-            map(tuple, labels.to_pylist()),
-        )
-    )
-    rows = sorted(keys.items())
-    lists = pa.list_(pa.int32())
-    return pa.table(
-        {
-            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
-            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
-            "attribute_labels": pa.array([list(lb) for (_, _, lb), _ in rows], lists),
-            "multiplicity": pa.array([m for _, m in rows], pa.int64()),
-        }
-    )
 
 
 def entry_entropy(table: SignatureTable, pi) -> float:

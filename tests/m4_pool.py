@@ -3,7 +3,15 @@ time, "doctor" with the male group 70 %, "car" with neither more than chance."""
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import TYPE_CHECKING
+
 import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from curation.attributes import AttributeMatcher
+    from curation.matching import Matcher
 
 FEMALE = ["woman", "girl", "she"]
 MALE = ["man", "boy", "he"]
@@ -47,3 +55,28 @@ def planted_captions(n: int, seed: int = 0) -> list[str]:
             first = word.capitalize() if rng.random() < 0.3 else word
             out.append(f"{first} with a {what}, near the {rng.choice(['street', 'dog'])}.")
     return out
+
+
+def pattern_table(captions: list[str], entries: Matcher, attrs: AttributeMatcher) -> pa.Table:
+    """Matched captions grouped by (entry ids, groups, labels): the signature table of ``count``
+    after ``match --attributes``, matched rows only (what ``balance --method m4`` solves)."""
+    ids = entries.match_many(captions).to_pylist()
+    matched = [(c, e) for c, e in zip(captions, ids) if e]
+    groups, labels = attrs.match_many([c for c, _ in matched])
+    keys = Counter(
+        zip(
+            (tuple(e) for _, e in matched),
+            map(tuple, groups.to_pylist()),
+            map(tuple, labels.to_pylist()),
+        )
+    )
+    rows = sorted(keys.items())
+    lists = pa.list_(pa.int32())
+    return pa.table(
+        {
+            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
+            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
+            "attribute_labels": pa.array([list(lb) for (_, _, lb), _ in rows], lists),
+            "multiplicity": pa.array([m for _, m in rows], pa.int64()),
+        }
+    )

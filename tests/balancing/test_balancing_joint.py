@@ -147,36 +147,14 @@ def test_infeasible_bias_bounds_are_reported_not_looped_on():
 
 
 def planted(n: int = 3000):
-    from collections import Counter
-
     import yaml
 
     from curation.attributes import AttributeMatcher
     from curation.matching import Matcher
-    from tests.m4_pool import ATTRIBUTES_YAML, ENTRIES, planted_captions
+    from tests.m4_pool import ATTRIBUTES_YAML, ENTRIES, pattern_table, planted_captions
 
     spec = parse_spec(yaml.safe_load(ATTRIBUTES_YAML), "planted")
-    captions = planted_captions(n, seed=7)
-    ids = Matcher(ENTRIES).match_many(captions).to_pylist()
-    matched = [(c, e) for c, e in zip(captions, ids) if e]
-    groups, labels = AttributeMatcher(spec).match_many([c for c, _ in matched])
-    keys = Counter(
-        zip(
-            (tuple(e) for _, e in matched),
-            map(tuple, groups.to_pylist()),
-            map(tuple, labels.to_pylist()),
-        )
-    )
-    rows = sorted(keys.items())
-    lists = pa.list_(pa.int32())
-    arrow = pa.table(
-        {
-            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
-            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
-            "attribute_labels": pa.array([list(x) for (_, _, x), _ in rows], lists),
-            "multiplicity": pa.array([c for _, c in rows], pa.int64()),
-        }
-    )
+    arrow = pattern_table(planted_captions(n, seed=7), Matcher(ENTRIES), AttributeMatcher(spec))
     return spec, arrow, len(ENTRIES)
 
 

@@ -5,11 +5,10 @@ configs/attributes/gender_activities.yaml, at 50 % of the matched samples. Skips
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from curation.attributes import AttributeMatcher, load_spec
@@ -29,6 +28,7 @@ from curation.balancing.m4 import (
 )
 from curation.matching import Matcher
 from curation.metadata import DEFAULT_METADATA, load_metadata
+from tests.m4_pool import pattern_table
 
 ATTRIBUTES = Path(__file__).resolve().parents[2] / "configs/attributes/gender_activities.yaml"
 SETS = ("coco_val2017", "flickr8k", "multi30k_en", "redcaps")
@@ -40,26 +40,10 @@ def test_m4_and_rake_with_attributes_meet_both_bounds_on_real_captions(real_capt
         pytest.skip("none of the English caption sets is present")
     spec = load_spec(str(ATTRIBUTES))
     entries = Matcher(load_metadata(DEFAULT_METADATA).entries)
-    found = entries.match_many(captions).to_pylist()
-    matched = [c for c, e in zip(captions, found) if e]
-    ids = [e for e in found if e]
-    groups, labels = AttributeMatcher(spec).match_many(matched)
-    keys = Counter(
-        zip(map(tuple, ids), map(tuple, groups.to_pylist()), map(tuple, labels.to_pylist()))
-    )
-    rows = sorted(keys.items())
-    lists = pa.list_(pa.int32())
-    table = pa.table(
-        {
-            "entry_ids": pa.array([list(e) for (e, _, _), _ in rows], lists),
-            "attribute_groups": pa.array([list(g) for (_, g, _), _ in rows], lists),
-            "attribute_labels": pa.array([list(lb) for (_, _, lb), _ in rows], lists),
-            "multiplicity": pa.array([m for _, m in rows], pa.int64()),
-        }
-    )
+    table = pattern_table(captions, entries, AttributeMatcher(spec))
     layout = MomentLayout.of(spec)
     op = MemoryMomentOperator([block_from_arrow(table, layout)])
-    n = len(matched)
+    n = int(pc.sum(table["multiplicity"]).as_py())  # the matched captions
     result = m4_solve(op, spec, 0.5 * n)
     g = bias_report(spec, result)["attributes"]["gender"]
     constrained = [k for k, v in g["labels"].items() if v["constrained"]]
