@@ -80,6 +80,11 @@ def test_match_and_count_carry_the_attributes(pipeline):
     assert json.load(open(os.path.join(counts, "attributes.json")))["labels"] == LABELS
 
 
+def pi_of(output: str) -> dict[str, float]:
+    """π per uid, as ``balance`` wrote it in ``weights/``."""
+    return {r["uid"]: r["inclusion_prob"] for r in pq.read_table(output + "/weights").to_pylist()}
+
+
 def recompute_bias(rows, pi: dict[str, float], labels=LABELS, label_casefold=True) -> dict:
     """RB and AB of the gender attribute straight from the captions and π (the definitions of
     docs/balancing.md), without any of the package's m4 code."""
@@ -107,8 +112,7 @@ def test_bias_json_agrees_with_a_recomputation_from_captions_and_pi(spark, pipel
     out = balance(spark, pipeline, "b-driver", execution="driver")
     assert out.summary["status"] == "converged"
     bias = json.load(open(os.path.join(out.output, "bias.json")))
-    weights = pq.read_table(os.path.join(out.output, "weights")).to_pylist()
-    pi = {w["uid"]: w["inclusion_prob"] for w in weights}
+    pi = pi_of(out.output)
     # before: π = 1 on the matched captions (m4 balances the matched samples)
     before = recompute_bias(
         rows, {r["uid"]: float(bool(naive_match(r["caption"], ENTRIES))) for r in rows}
@@ -141,13 +145,8 @@ def test_spark_path_agrees_with_the_driver(spark, pipeline):
     b = json.load(open(os.path.join(on_spark.output, "params.json")))["moments"]
     np.testing.assert_allclose(a["mu"], b["mu"], rtol=0, atol=1e-9)
     assert a["nu"] == pytest.approx(b["nu"], abs=1e-9)
-    wa = {
-        r["uid"]: r["inclusion_prob"] for r in pq.read_table(driver.output + "/weights").to_pylist()
-    }
-    wb = {
-        r["uid"]: r["inclusion_prob"]
-        for r in pq.read_table(on_spark.output + "/weights").to_pylist()
-    }
+    wa = pi_of(driver.output)
+    wb = pi_of(on_spark.output)
     assert wa.keys() == wb.keys()
     assert max(abs(wa[u] - wb[u]) for u in wa) <= 1e-9
 
@@ -160,7 +159,7 @@ def test_select_draws_from_m4_probabilities(spark, pipeline):
         SelectConfig(input=matched.output, weights=out.output, output=str(root / "s"), seed=3),
     )
     kept = pq.read_table(os.path.join(sel.output, "selected")).column("uid").to_pylist()
-    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    pi = pi_of(out.output)
     assert all(pi[u] > 0 for u in kept)
     assert abs(len(kept) - sum(pi.values())) < 4 * np.sqrt(len(rows))
 
@@ -171,7 +170,7 @@ def test_utility_column_keeps_q_close_to_the_quality_score(spark, pipeline):
         spark, pipeline, "b-util", execution="driver", utility_col="quality", target_fraction=0.4
     )
     assert out.summary["status"] == "converged"
-    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    pi = pi_of(out.output)
     q = np.array([pi[r["uid"]] for r in rows])
     u = np.array([r["quality"] for r in rows])
     assert np.corrcoef(q, u)[0, 1] > 0.5
@@ -250,10 +249,8 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
     assert out.summary["status"] == "converged"
     params = json.load(open(os.path.join(out.output, "params.json")))
     assert params["moments"]["base"]["method"] == "rake"
-    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
-    pi_rake = {
-        r["uid"]: r["inclusion_prob"] for r in pq.read_table(plain.output + "/weights").to_pylist()
-    }
+    pi = pi_of(out.output)
+    pi_rake = pi_of(plain.output)
     assert sum(pi.values()) == pytest.approx(sum(pi_rake.values()), rel=1e-6)
     after = recompute_bias(rows, pi)
     assert after["rb"] <= EPS and np.abs(after["ab"]).max() <= EPS
@@ -287,9 +284,7 @@ def test_rake_with_attributes_meets_the_bounds_at_rakes_size(spark, pipeline):
             rake_attributes="two-step",
         ),
     )
-    pi_two = {
-        r["uid"]: r["inclusion_prob"] for r in pq.read_table(two.output + "/weights").to_pylist()
-    }
+    pi_two = pi_of(two.output)
     after_two = recompute_bias(rows, pi_two)
     assert after_two["rb"] <= EPS and np.abs(after_two["ab"]).max() <= EPS
     diag_two = json.load(open(os.path.join(two.output, "diagnostics.json")))
@@ -357,7 +352,7 @@ def test_labels_from_metadata_entries(spark, pipeline, tmp_path):
     bias = json.load(open(os.path.join(out.output, "bias.json")))
     g = bias["attributes"]["gender"]
     assert list(g["labels"]) == want
-    pi = {r["uid"]: r["inclusion_prob"] for r in pq.read_table(out.output + "/weights").to_pylist()}
+    pi = pi_of(out.output)
     after = recompute_bias(rows, pi, labels=want, label_casefold=False)
     assert g["rb_after"] == pytest.approx(after["rb"], abs=1e-9)
     for r, label in enumerate(want):
@@ -385,13 +380,7 @@ def test_rake_with_attributes_on_spark_agrees_with_the_driver(spark, pipeline):
         )
         for path in ("driver", "spark")
     }
-    pis = {
-        path: {
-            r["uid"]: r["inclusion_prob"]
-            for r in pq.read_table(out.output + "/weights").to_pylist()
-        }
-        for path, out in outs.items()
-    }
+    pis = {path: pi_of(out.output) for path, out in outs.items()}
     assert outs["spark"].summary["execution"] == "spark"
     assert max(abs(pis["driver"][u] - pis["spark"][u]) for u in pis["driver"]) <= 1e-9
     after = recompute_bias(rows, pis["spark"])
